@@ -1,0 +1,161 @@
+package dedup
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"unicode/utf8"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// MetadataKey is the message metadata key the event ID is read from by default.
+const MetadataKey = "event_id"
+
+// DefaultMaxIDLength is the longest event ID, in bytes, that [ValidateEventID] accepts
+// by default.
+const DefaultMaxIDLength = 200
+
+// Key identifies one event for one consumer: the unit that is processed at most once.
+type Key struct {
+	// Consumer names the dedup scope. It must be stable across deploys, and two
+	// different handlers must never share it.
+	Consumer string
+	// EventID identifies the event, the same on every delivery of it.
+	EventID string
+}
+
+// String returns "consumer/event_id", for logs.
+func (k Key) String() string { return k.Consumer + "/" + k.EventID }
+
+// Store claims keys inside the transaction that carries a handler's writes, and counts
+// failed attempts durably. Implementations must be safe for concurrent use.
+type Store interface {
+	// Run claims key in a new transaction. When the key was not claimed before, Run
+	// calls fn with a context that carries that transaction, and commits the claim
+	// together with fn's writes if fn returns nil, or rolls both back if it returns an
+	// error; claimed is then true. When the key was already claimed by a committed
+	// transaction, Run does not call fn and returns claimed == false: a duplicate.
+	//
+	// Run returns fn's error unchanged, and wraps its own failures (begin, claim,
+	// commit) with the store's name. A commit whose outcome is unknown is reported
+	// as an error: the caller must treat the event as not processed and let a later
+	// delivery find out.
+	Run(ctx context.Context, key Key, fn func(ctx context.Context) error) (claimed bool, err error)
+
+	// RecordFailure counts one failed attempt of key in its own short transaction,
+	// keeping the first and last failure times (database clock) and cause, and
+	// returns the number of failed attempts recorded for key so far, counting this one.
+	RecordFailure(ctx context.Context, key Key, cause string) (attempts int, err error)
+}
+
+// KeyFunc extracts the event ID from a message. It returns an error when the message
+// carries no usable ID; the error should report Permanent() == true (as
+// [*InvalidEventIDError] does) unless a later delivery could carry a valid one.
+type KeyFunc func(msg *message.Message) (string, error)
+
+// FromMetadata returns a KeyFunc that reads the event ID from metadata key and
+// validates it with [ValidateEventID] and [DefaultMaxIDLength].
+func FromMetadata(key string) KeyFunc {
+	return func(msg *message.Message) (string, error) {
+		id := msg.Metadata.Get(key)
+		if err := ValidateEventID(id, DefaultMaxIDLength); err != nil {
+			if id == "" && key != MetadataKey {
+				err.(*InvalidEventIDError).Reason = "metadata key " + key + " is missing or empty"
+			}
+			return "", err
+		}
+		return id, nil
+	}
+}
+
+// FromUUID returns a KeyFunc that uses the transport's message UUID as the event ID.
+// Choose it only when the UUID is set by the producer and survives redelivery on your
+// transport: some transports generate a new UUID per delivery, and then nothing is
+// deduplicated.
+func FromUUID() KeyFunc {
+	return func(msg *message.Message) (string, error) {
+		if err := ValidateEventID(msg.UUID, DefaultMaxIDLength); err != nil {
+			return "", err
+		}
+		return msg.UUID, nil
+	}
+}
+
+// ErrInvalidEventID is the sentinel that every [*InvalidEventIDError] matches with
+// errors.Is.
+var ErrInvalidEventID = errors.New("dedup: invalid event ID")
+
+// InvalidEventIDError reports an event ID that cannot be used as a dedup key. It is a
+// permanent error: redelivering the same message cannot fix it.
+type InvalidEventIDError struct {
+	// ID is the offending ID, quoted and cut to 64 bytes, safe to log.
+	ID string
+	// Reason says what is wrong with it.
+	Reason string
+}
+
+func (e *InvalidEventIDError) Error() string {
+	return fmt.Sprintf("dedup: invalid event ID %s: %s; set metadata %q on the producer side or configure a KeyFunc", e.ID, e.Reason, MetadataKey)
+}
+
+// Is reports whether target is [ErrInvalidEventID].
+func (e *InvalidEventIDError) Is(target error) bool { return target == ErrInvalidEventID }
+
+// Permanent reports true: an invalid event ID is never retried.
+func (e *InvalidEventIDError) Permanent() bool { return true }
+
+// ValidateEventID checks that id can be used as a dedup key: not empty, at most max
+// bytes (max <= 0 means [DefaultMaxIDLength]), valid UTF-8 and free of NUL bytes.
+func ValidateEventID(id string, max int) error {
+	if max <= 0 {
+		max = DefaultMaxIDLength
+	}
+	invalid := func(reason string) error {
+		shown := id
+		if len(shown) > 64 {
+			shown = shown[:64]
+		}
+		return &InvalidEventIDError{ID: fmt.Sprintf("%q", shown), Reason: reason}
+	}
+	switch {
+	case id == "":
+		return invalid("it is empty")
+	case len(id) > max:
+		return invalid(fmt.Sprintf("it is %d bytes long, longer than the limit of %d", len(id), max))
+	case !utf8.ValidString(id):
+		return invalid("it is not valid UTF-8")
+	case containsNUL(id):
+		return invalid("it contains a NUL byte")
+	}
+	return nil
+}
+
+func containsNUL(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// DerivedKey returns a stable stand-in event ID for a message that has no valid one:
+// a hash of its payload and metadata, so that every redelivery of the same malformed
+// message collapses into one dead letter.
+func DerivedKey(msg *message.Message) string {
+	h := sha256.New()
+	keys := make([]string, 0, len(msg.Metadata))
+	for k := range msg.Metadata {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		fmt.Fprintf(h, "%d:%s%d:%s", len(k), k, len(msg.Metadata[k]), msg.Metadata[k])
+	}
+	h.Write(msg.Payload)
+	return "derived:" + hex.EncodeToString(h.Sum(nil))
+}
