@@ -1,0 +1,172 @@
+package consumer
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/idemkit/idem/dedup"
+	"github.com/idemkit/idem/dlq"
+	"github.com/idemkit/idem/middleware"
+	"github.com/idemkit/idem/retry"
+)
+
+// Store is what a consumer needs from its database: claiming events and counting
+// attempts (dedup.Store) and keeping dead letters (dlq.Store). postgres.Store and
+// sqlite.Store implement it.
+type Store interface {
+	dedup.Store
+	dlq.Store
+}
+
+// Config configures a [Consumer].
+type Config struct {
+	// Store claims events, counts failed attempts and keeps dead letters. Required.
+	// When it has a method Classify(error) retry.Class (as postgres.Store does), that
+	// method classifies the database's errors unless Retry.Classify is set.
+	Store Store
+	// KeyFunc extracts each message's event ID. Defaults to reading metadata
+	// "event_id" (dedup.FromMetadata(dedup.MetadataKey)).
+	KeyFunc dedup.KeyFunc
+	// Retry bounds and paces attempts; its zero value is ready to use (5 attempts,
+	// backoff from 100ms to 10s with full jitter, 30s of in-process retrying per
+	// delivery).
+	Retry retry.Policy
+	// AckDeadline is how long the subscriber waits for an ack before it redelivers a
+	// message by itself (watermill-sql AckDeadline, NATS AckWait, Redis MaxIdleTime).
+	// In-process retrying stops before it, and a Retry.MaxElapsedTime longer than it
+	// is refused. Defaults to 0: no such deadline.
+	AckDeadline time.Duration
+	// BookkeepingTimeout bounds the short writes idem makes when an attempt fails
+	// (the attempt count, the dead letter); they run detached from the delivery's
+	// cancellation. Defaults to middleware.DefaultBookkeepingTimeout.
+	BookkeepingTimeout time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	c.Retry = c.Retry.WithDefaults()
+	if c.Retry.Classify == nil {
+		if cl, ok := c.Store.(interface{ Classify(error) retry.Class }); ok {
+			c.Retry.Classify = cl.Classify
+		}
+	}
+	c.BookkeepingTimeout = cmp.Or(c.BookkeepingTimeout, middleware.DefaultBookkeepingTimeout)
+	c.Logger = cmp.Or(c.Logger, slog.Default())
+	return c
+}
+
+func (c Config) validate() error {
+	if c.Store == nil {
+		return errors.New("consumer: Config.Store is required (postgres.New or sqlite.Open)")
+	}
+	if err := c.Retry.Validate(); err != nil {
+		return fmt.Errorf("consumer: Config.Retry: %w", err)
+	}
+	if c.AckDeadline < 0 {
+		return fmt.Errorf("consumer: Config.AckDeadline must not be negative, got %s", c.AckDeadline)
+	}
+	if c.AckDeadline > 0 && (c.Retry.MaxElapsedTime < 0 || c.Retry.MaxElapsedTime >= c.AckDeadline) {
+		budget := "unbounded (-1)"
+		if c.Retry.MaxElapsedTime >= 0 {
+			budget = c.Retry.MaxElapsedTime.String()
+		}
+		return fmt.Errorf("consumer: Config.Retry.MaxElapsedTime %s must be shorter than Config.AckDeadline %s: "+
+			"the broker would redeliver the message while it is still being retried; lower Retry.MaxElapsedTime or raise the subscriber's ack deadline", budget, c.AckDeadline)
+	}
+	if c.BookkeepingTimeout < 0 {
+		return fmt.Errorf("consumer: Config.BookkeepingTimeout must not be negative, got %s", c.BookkeepingTimeout)
+	}
+	return nil
+}
+
+// Consumer wraps Watermill handlers in idem's middleware stack, always in this order,
+// outermost first: Correlation, DeadLetter, Retry, Dedup, Recover, then the handler.
+// Each handler's name is its consumer name: the dedup scope of its events, which must
+// be stable across deploys and never shared by two handlers. A Consumer is safe for
+// concurrent use; one Consumer serves any number of handlers.
+type Consumer struct {
+	cfg   Config
+	stack []message.HandlerMiddleware // outermost first
+}
+
+// New checks cfg and returns a Consumer. It runs no SQL.
+func New(cfg Config) (*Consumer, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	deadLetter, err := middleware.DeadLetter(middleware.DeadLetterConfig{
+		Store:   cfg.Store,
+		Policy:  cfg.Retry,
+		KeyFunc: cfg.KeyFunc,
+		Timeout: cfg.BookkeepingTimeout,
+		Logger:  cfg.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("consumer: %w", err)
+	}
+	retrying, err := middleware.Retry(middleware.RetryConfig{
+		Policy:      cfg.Retry,
+		AckDeadline: cfg.AckDeadline,
+		Logger:      cfg.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("consumer: %w", err)
+	}
+	dedupe, err := middleware.Dedup(middleware.DedupConfig{
+		Store:    cfg.Store,
+		KeyFunc:  cfg.KeyFunc,
+		Classify: cfg.Retry.Class,
+		Timeout:  cfg.BookkeepingTimeout,
+		Logger:   cfg.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("consumer: %w", err)
+	}
+	return &Consumer{
+		cfg:   cfg,
+		stack: []message.HandlerMiddleware{middleware.Correlation, deadLetter, retrying, dedupe, middleware.Recover},
+	}, nil
+}
+
+// Wrap returns h wrapped in the whole stack. Use it to register handlers yourself;
+// the consumer name is the Watermill handler name the router puts in the message
+// context.
+func (c *Consumer) Wrap(h message.HandlerFunc) message.HandlerFunc {
+	for i := len(c.stack) - 1; i >= 0; i-- {
+		h = c.stack[i](h)
+	}
+	return h
+}
+
+// WrapConsumer is [Consumer.Wrap] for a handler that produces no messages.
+func (c *Consumer) WrapConsumer(h message.NoPublishHandlerFunc) message.NoPublishHandlerFunc {
+	wrapped := c.Wrap(func(msg *message.Message) ([]*message.Message, error) { return nil, h(msg) })
+	return func(msg *message.Message) error {
+		_, err := wrapped(msg)
+		return err
+	}
+}
+
+// AddHandler registers h on r like message.Router.AddHandler, wrapped in the stack.
+// The messages h returns are published to publishTopic after the event's transaction
+// committed, with the correlation ID and causation ID set.
+func (c *Consumer) AddHandler(r *message.Router, name, subscribeTopic string, sub message.Subscriber,
+	publishTopic string, pub message.Publisher, h message.HandlerFunc,
+) *message.Handler {
+	return r.AddHandler(name, subscribeTopic, sub, publishTopic, pub, c.Wrap(h))
+}
+
+// AddConsumerHandler registers h on r like message.Router.AddConsumerHandler, wrapped
+// in the stack.
+func (c *Consumer) AddConsumerHandler(r *message.Router, name, topic string, sub message.Subscriber,
+	h message.NoPublishHandlerFunc,
+) *message.Handler {
+	return r.AddConsumerHandler(name, topic, sub, c.WrapConsumer(h))
+}

@@ -1,0 +1,226 @@
+// Package deduptest checks that a dedup.Store behaves as package dedup documents. Every
+// store idem ships runs it, and so can any other implementation:
+//
+//	func TestConformance(t *testing.T) {
+//		deduptest.Run(t, func(t *testing.T) deduptest.Harness { … })
+//	}
+package deduptest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/idemkit/idem/dedup"
+)
+
+// Harness is one fresh, empty store and a way to observe the effects written through
+// the transactions it hands out.
+type Harness struct {
+	// Store is the store under test, empty.
+	Store dedup.Store
+	// Effect writes one effect row identified by id through the transaction that
+	// Store.Run put in ctx.
+	Effect func(ctx context.Context, id string) error
+	// Effects counts the committed effect rows identified by id.
+	Effects func(ctx context.Context, id string) (int, error)
+}
+
+// Run runs the conformance suite. newHarness is called once per subtest.
+func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
+	t.Helper()
+	ctx := context.Background()
+	errBoom := errors.New("boom")
+
+	effects := func(t *testing.T, h Harness, id string) int {
+		t.Helper()
+		n, err := h.Effects(ctx, id)
+		require.NoError(t, err)
+		return n
+	}
+
+	t.Run("FirstDeliveryRunsAndCommits", func(t *testing.T) {
+		t.Parallel()
+		h := newHarness(t)
+		key := dedup.Key{Consumer: "c", EventID: "e1"}
+		calls := 0
+		claimed, err := h.Store.Run(ctx, key, func(ctx context.Context) error {
+			calls++
+			return h.Effect(ctx, "e1")
+		})
+		require.NoError(t, err)
+		require.True(t, claimed)
+		require.Equal(t, 1, calls)
+		require.Equal(t, 1, effects(t, h, "e1"))
+	})
+
+	t.Run("DuplicateIsSkipped", func(t *testing.T) {
+		t.Parallel()
+		h := newHarness(t)
+		key := dedup.Key{Consumer: "c", EventID: "e1"}
+		for i := range 3 {
+			claimed, err := h.Store.Run(ctx, key, func(ctx context.Context) error { return h.Effect(ctx, "e1") })
+			require.NoError(t, err)
+			require.Equal(t, i == 0, claimed, "delivery %d", i+1)
+		}
+		require.Equal(t, 1, effects(t, h, "e1"))
+	})
+
+	t.Run("FailureRollsBackClaimAndEffects", func(t *testing.T) {
+		t.Parallel()
+		h := newHarness(t)
+		key := dedup.Key{Consumer: "c", EventID: "e1"}
+		claimed, err := h.Store.Run(ctx, key, func(ctx context.Context) error {
+			require.NoError(t, h.Effect(ctx, "e1"))
+			return errBoom
+		})
+		require.ErrorIs(t, err, errBoom)
+		require.True(t, claimed, "a failed attempt is not a duplicate")
+		require.Equal(t, 0, effects(t, h, "e1"), "the failed attempt's effect must roll back")
+
+		claimed, err = h.Store.Run(ctx, key, func(ctx context.Context) error { return h.Effect(ctx, "e1") })
+		require.NoError(t, err)
+		require.True(t, claimed, "the redelivery after a failure must run again")
+		require.Equal(t, 1, effects(t, h, "e1"))
+	})
+
+	t.Run("ConsumersAreIndependent", func(t *testing.T) {
+		t.Parallel()
+		h := newHarness(t)
+		for _, c := range []string{"billing", "shipping"} {
+			claimed, err := h.Store.Run(ctx, dedup.Key{Consumer: c, EventID: "e1"}, func(ctx context.Context) error {
+				return h.Effect(ctx, c+"-e1")
+			})
+			require.NoError(t, err)
+			require.True(t, claimed, "consumer %s", c)
+		}
+	})
+
+	t.Run("ConcurrentDeliveriesApplyOnce", func(t *testing.T) {
+		t.Parallel()
+		h := newHarness(t)
+		key := dedup.Key{Consumer: "c", EventID: "e1"}
+		var ran, duplicates atomic.Int32
+		var wg sync.WaitGroup
+		errs := make(chan error, 8)
+		for range 8 {
+			wg.Go(func() {
+				claimed, err := h.Store.Run(ctx, key, func(ctx context.Context) error {
+					ran.Add(1)
+					return h.Effect(ctx, "e1")
+				})
+				if err != nil {
+					errs <- err
+					return
+				}
+				if !claimed {
+					duplicates.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			require.NoError(t, err)
+		}
+		require.Equal(t, int32(1), ran.Load())
+		require.Equal(t, int32(7), duplicates.Load())
+		require.Equal(t, 1, effects(t, h, "e1"))
+	})
+
+	t.Run("ConcurrentWithAFailingFirstApplyOnce", func(t *testing.T) {
+		t.Parallel()
+		h := newHarness(t)
+		key := dedup.Key{Consumer: "c", EventID: "e1"}
+		var failOnce atomic.Bool
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				_, _ = h.Store.Run(ctx, key, func(ctx context.Context) error {
+					if err := h.Effect(ctx, "e1"); err != nil {
+						return err
+					}
+					if failOnce.CompareAndSwap(false, true) {
+						return errBoom
+					}
+					return nil
+				})
+			})
+		}
+		wg.Wait()
+		require.Equal(t, 1, effects(t, h, "e1"))
+	})
+
+	t.Run("RecordFailureCounts", func(t *testing.T) {
+		t.Parallel()
+		h := newHarness(t)
+		a := dedup.Key{Consumer: "c", EventID: "a"}
+		b := dedup.Key{Consumer: "c", EventID: "b"}
+		for want := 1; want <= 3; want++ {
+			n, err := h.Store.RecordFailure(ctx, a, fmt.Sprintf("failure %d", want))
+			require.NoError(t, err)
+			require.Equal(t, want, n)
+		}
+		n, err := h.Store.RecordFailure(ctx, b, "other")
+		require.NoError(t, err)
+		require.Equal(t, 1, n, "counts are per key")
+		n, err = h.Store.RecordFailure(ctx, dedup.Key{Consumer: "d", EventID: "a"}, "other consumer")
+		require.NoError(t, err)
+		require.Equal(t, 1, n, "counts are per consumer")
+	})
+
+	t.Run("RecordFailureIsConcurrencySafe", func(t *testing.T) {
+		t.Parallel()
+		h := newHarness(t)
+		key := dedup.Key{Consumer: "c", EventID: "e1"}
+		var wg sync.WaitGroup
+		errs := make([]error, 8)
+		for i := range 8 {
+			wg.Go(func() {
+				_, errs[i] = h.Store.RecordFailure(ctx, key, "boom")
+			})
+		}
+		wg.Wait()
+		require.NoError(t, errors.Join(errs...))
+		n, err := h.Store.RecordFailure(ctx, key, "boom")
+		require.NoError(t, err)
+		require.Equal(t, 9, n)
+	})
+
+	t.Run("CancelledContextRunsNothing", func(t *testing.T) {
+		t.Parallel()
+		h := newHarness(t)
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		called := false
+		_, err := h.Store.Run(cctx, dedup.Key{Consumer: "c", EventID: "e1"}, func(context.Context) error {
+			called = true
+			return nil
+		})
+		require.Error(t, err)
+		require.False(t, called)
+		claimed, err := h.Store.Run(ctx, dedup.Key{Consumer: "c", EventID: "e1"}, func(ctx context.Context) error {
+			return h.Effect(ctx, "e1")
+		})
+		require.NoError(t, err)
+		require.True(t, claimed, "a cancelled attempt must not leave a claim behind")
+	})
+
+	t.Run("LongAndUnicodeIDs", func(t *testing.T) {
+		t.Parallel()
+		h := newHarness(t)
+		for _, id := range []string{"ünïcødé-✓", fmt.Sprintf("%0200d", 7)} {
+			claimed, err := h.Store.Run(ctx, dedup.Key{Consumer: "c", EventID: id}, func(ctx context.Context) error { return nil })
+			require.NoError(t, err)
+			require.True(t, claimed)
+			claimed, err = h.Store.Run(ctx, dedup.Key{Consumer: "c", EventID: id}, func(ctx context.Context) error { return nil })
+			require.NoError(t, err)
+			require.False(t, claimed)
+		}
+	})
+}

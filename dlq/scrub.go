@@ -1,0 +1,283 @@
+package dlq
+
+import (
+	"regexp"
+	"slices"
+	"strings"
+	"unicode/utf8"
+)
+
+const (
+	// DefaultMaxErrorLength is the length, in bytes, to which ScrubError truncates
+	// error text when given no maximum.
+	DefaultMaxErrorLength = 4096
+	// DefaultMaxMetadataValueLength is the length, in bytes, to which SanitizeMetadata
+	// truncates each metadata value.
+	DefaultMaxMetadataValueLength = 1024
+	// DefaultMaxMetadataEntries is how many metadata entries SanitizeMetadata keeps.
+	DefaultMaxMetadataEntries = 100
+	// DefaultMaxMetadataKeyLength is the longest metadata key, in bytes, that
+	// SanitizeMetadata keeps; longer keys are dropped.
+	DefaultMaxMetadataKeyLength = 256
+)
+
+const (
+	// redacted replaces every secret.
+	redacted = "REDACTED"
+	// truncatedMarker ends text that ScrubError cut short.
+	truncatedMarker = "…(truncated)"
+)
+
+var (
+	// urlPasswordRE matches scheme://user:password@; group 1 is the password, up to the
+	// last @ before white space or a quote, so that a password with an unescaped @ is
+	// redacted whole.
+	urlPasswordRE = regexp.MustCompile(`(?i)\b[a-z][a-z0-9+.\-]*://[^\s:/?#@"'<>` + "`" + `]*:([^\s"'<>` + "`" + `]*)@`)
+
+	// mysqlDSNRE matches the Go MySQL driver's DSN, user:password@tcp(host)/db or
+	// user:password@/db; group 1 is the password.
+	mysqlDSNRE = regexp.MustCompile(`(?i)(?:^|[\s"'=(,;])[^\s:/@"'<>()]+:([^\s"'<>]*)@(?:[a-z0-9]*\(|/)`)
+
+	// authHeaderRE matches an Authorization header with an optional scheme; group 1 is
+	// the credential.
+	authHeaderRE = regexp.MustCompile(`(?i)\b(?:proxy-)?authorization"?\s*[:=]\s*"?` +
+		`(?:(?:bearer|basic|digest|token|negotiate|ntlm|apikey|dpop|aws4-hmac-sha256)\s+)?([^\s"',;]+)`)
+
+	// bearerRE matches "Bearer token" and "Basic credentials" anywhere; group 1 is the
+	// scheme and group 2 the credential.
+	bearerRE = regexp.MustCompile(`(?i)\b(bearer|basic)\s+([a-z0-9\-._~+/]+=*)`)
+
+	// cookieRE matches a Cookie or Set-Cookie header; group 1 is its value, to the end
+	// of the line or a double quote.
+	cookieRE = regexp.MustCompile(`(?i)\b(?:set-)?cookie"?\s*:\s*([^\r\n"]+)`)
+
+	// jsonPairRE matches a JSON string member, "key": "value"; group 1 is the key and
+	// group 2 the value.
+	jsonPairRE = regexp.MustCompile(`"([^"\\]{1,256})"\s*:\s*"((?:[^"\\]|\\.)*)"`)
+
+	// pairRE matches key=value (spaces allowed around =) and key:value (no spaces, as
+	// %+v prints struct fields); group 1 is the key and groups 2 to 4 are the value,
+	// double-quoted, single-quoted or bare.
+	pairRE = regexp.MustCompile(`(?i)(?:^|[^a-z0-9_.\-])([a-z0-9_.\-]+)(?:\s*=\s*|:)` +
+		`(?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)'|([^\s&"'<>]+))`)
+
+	// jwtRE matches a JSON Web Token.
+	jwtRE = regexp.MustCompile(`\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*`)
+
+	// awsKeyRE matches AWS access key IDs, long-term (AKIA) and temporary (ASIA).
+	awsKeyRE = regexp.MustCompile(`(?:AKIA|ASIA)[0-9A-Z]{16}`)
+
+	// privateKeyRE matches a PEM private key block, or its beginning when the text was
+	// cut before its end.
+	privateKeyRE = regexp.MustCompile(`(?s)-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|$)`)
+)
+
+// ScrubError returns the error text s with secrets replaced by the word REDACTED,
+// truncated to at most max bytes; max <= 0 means DefaultMaxErrorLength. It redacts
+//
+//   - passwords in URLs and DSNs of any scheme: postgres://user:secret@host becomes
+//     postgres://user:REDACTED@host, and so does the MySQL driver's user:secret@tcp(host)/db;
+//   - key=value passwords and secrets, quoted or not, in any case: password=, passwd=,
+//     pwd=, pass=, and any key that [IsSecretKey] reports, such as token=, access_token=,
+//     api_key=, apikey=, secret=, client_secret=, signature=, as well as sig=; likewise
+//     "key": "value" JSON members and Key:value fields as %+v prints them;
+//   - Authorization header values (Authorization: Basic xyz becomes
+//     Authorization: Basic REDACTED), Bearer and Basic credentials anywhere
+//     (Bearer abc.def becomes Bearer REDACTED), and Cookie header values;
+//   - JSON Web Tokens, PEM private keys and AWS access key IDs (AKIA…, ASIA…).
+//
+// Scrubbing is best-effort: it catches the forms above, not every secret a message
+// could hold. It errs on the side of redacting more than the secret, never less.
+// Invalid UTF-8 is replaced by U+FFFD. Truncation never splits a UTF-8 sequence and
+// ends the text with "…(truncated)", within max bytes. Stacks do not belong in the
+// result: they stay in logs and spans.
+//
+// ScrubError is safe for concurrent use.
+func ScrubError(s string, max int) string {
+	if max <= 0 {
+		max = DefaultMaxErrorLength
+	}
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	s = redactGroups(s, privateKeyRE, 0, nil)
+	s = redactGroups(s, urlPasswordRE, 1, nil)
+	s = redactGroups(s, mysqlDSNRE, 1, nil)
+	s = redactGroups(s, authHeaderRE, 1, nil)
+	s = redactGroups(s, bearerRE, 2, credentialAfterScheme)
+	s = redactGroups(s, cookieRE, 1, nil)
+	s = redactGroups(s, jsonPairRE, 2, func(s string, m []int) bool {
+		return isSecretParam(s[m[2]:m[3]])
+	})
+	s = redactPairs(s)
+	s = redactGroups(s, jwtRE, 0, nil)
+	s = redactGroups(s, awsKeyRE, 0, nil)
+	return truncate(s, max)
+}
+
+// redactGroups replaces submatch group of every match of re in s by REDACTED, when
+// keep is nil or reports true for the match m (as FindAllStringSubmatchIndex returns
+// it).
+func redactGroups(s string, re *regexp.Regexp, group int, keep func(s string, m []int) bool) string {
+	matches := re.FindAllStringSubmatchIndex(s, -1)
+	if matches == nil {
+		return s
+	}
+	var b strings.Builder
+	last := 0
+	for _, m := range matches {
+		start, end := m[2*group], m[2*group+1]
+		if start < 0 || (keep != nil && !keep(s, m)) {
+			continue
+		}
+		b.WriteString(s[last:start])
+		b.WriteString(redacted)
+		last = end
+	}
+	if last == 0 && b.Len() == 0 {
+		return s
+	}
+	b.WriteString(s[last:])
+	return b.String()
+}
+
+// credentialAfterScheme reports whether a bearerRE match is a credential. After
+// "Bearer" with a capital, as in a header, it always is. Otherwise it is unless it is
+// a plain word, as in prose ("bearer token expired", "Basic Auth failed").
+func credentialAfterScheme(s string, m []int) bool {
+	if scheme := s[m[2]:m[3]]; scheme[0] == 'B' && strings.EqualFold(scheme, "bearer") {
+		return true
+	}
+	cred := s[m[4]:m[5]]
+	// A plain word is letters only, lower case after the first.
+	return strings.TrimLeft(cred[1:], "abcdefghijklmnopqrstuvwxyz") != "" || !isASCIILetter(cred[0])
+}
+
+func isASCIILetter(c byte) bool { return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' }
+
+// redactPairs redacts the values of the key=value and Key:value pairs in s whose key
+// looks secret. After a pair whose key does not, it looks for pairs again from the
+// start of the value, so that msg="token=x" and err:token=x are redacted too.
+func redactPairs(s string) string {
+	var b strings.Builder
+	pos, last := 0, 0
+	for pos < len(s) {
+		m := pairRE.FindStringSubmatchIndex(s[pos:])
+		if m == nil {
+			break
+		}
+		key := s[pos+m[2] : pos+m[3]]
+		// The value is the first of groups 2 to 4 that took part in the match.
+		vs, ve := -1, -1
+		for g := 2; g <= 4; g++ {
+			if m[2*g] >= 0 {
+				vs, ve = pos+m[2*g], pos+m[2*g+1]
+				break
+			}
+		}
+		if !isSecretParam(key) {
+			pos = vs
+			continue
+		}
+		if v := s[vs:ve]; v == redacted || strings.HasPrefix(v, redacted+"@") {
+			// Already redacted, as the password of token:secret@host was: keep the host.
+			pos = ve
+			continue
+		}
+		b.WriteString(s[last:vs])
+		b.WriteString(redacted)
+		// The next match starts at ve or later and its value after that: the loop ends.
+		last, pos = ve, ve
+	}
+	if last == 0 && b.Len() == 0 {
+		return s
+	}
+	b.WriteString(s[last:])
+	return b.String()
+}
+
+// isSecretParam reports whether a key in error text names a secret: IsSecretKey, or a
+// password or signature abbreviation.
+func isSecretParam(key string) bool {
+	if IsSecretKey(key) {
+		return true
+	}
+	k := strings.ToLower(key)
+	return strings.Contains(k, "pwd") || strings.Contains(k, "passphrase") || k == "pass" ||
+		k == "sig" || strings.HasSuffix(k, "_sig") || strings.HasSuffix(k, "-sig") || strings.HasSuffix(k, ".sig")
+}
+
+// truncate cuts s to at most max bytes on a UTF-8 boundary, ending it with
+// truncatedMarker when max leaves room for it. s must be valid UTF-8.
+func truncate(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	marker := truncatedMarker
+	cut := max - len(marker)
+	if cut < 0 {
+		marker, cut = "", max
+	}
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + marker
+}
+
+// secretKeyParts are the substrings that make a metadata key look secret.
+var secretKeyParts = []string{
+	"authorization", "cookie", "password", "passwd", "secret", "token",
+	"api-key", "api_key", "apikey", "credential", "session", "signature",
+	"private-key", "x-api-key",
+}
+
+// IsSecretKey reports whether a metadata or header key looks like it holds a secret:
+// whether it contains, in any case, one of authorization, cookie, password, passwd,
+// secret, token, api-key, api_key, apikey, credential, session, signature,
+// private-key or x-api-key.
+//
+// IsSecretKey is safe for concurrent use.
+func IsSecretKey(key string) bool {
+	k := strings.ToLower(key)
+	for _, part := range secretKeyParts {
+		if strings.Contains(k, part) {
+			return true
+		}
+	}
+	return false
+}
+
+// SanitizeMetadata returns a copy of md fit to be shown to an operator or sent in an
+// alert: the values of keys that [IsSecretKey] reports are replaced by REDACTED, the
+// other values are passed through [ScrubError] with DefaultMaxMetadataValueLength,
+// keys longer than DefaultMaxMetadataKeyLength bytes are dropped, and of the rest only
+// the first DefaultMaxMetadataEntries in sorted key order are kept. It returns nil for
+// a nil md and never modifies md.
+//
+// SanitizeMetadata is for what is displayed, logged or alerted. A dead letter's stored
+// Metadata is the original message's, byte for byte, only when the caller chooses to
+// store it so, for a faithful replay; otherwise store what SanitizeMetadata returns.
+//
+// SanitizeMetadata is safe for concurrent use, provided md is not modified meanwhile.
+func SanitizeMetadata(md map[string]string) map[string]string {
+	if md == nil {
+		return nil
+	}
+	keys := make([]string, 0, len(md))
+	for k := range md {
+		if len(k) <= DefaultMaxMetadataKeyLength {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	if len(keys) > DefaultMaxMetadataEntries {
+		keys = keys[:DefaultMaxMetadataEntries]
+	}
+	out := make(map[string]string, len(keys))
+	for _, k := range keys {
+		if IsSecretKey(k) {
+			out[k] = redacted
+		} else {
+			out[k] = ScrubError(md[k], DefaultMaxMetadataValueLength)
+		}
+	}
+	return out
+}

@@ -1,0 +1,176 @@
+package middleware
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/idemkit/idem/dedup"
+	"github.com/idemkit/idem/dlq"
+	"github.com/idemkit/idem/retry"
+)
+
+// DeadLetterConfig configures [DeadLetter].
+type DeadLetterConfig struct {
+	// Store keeps the dead letters. Required.
+	Store dlq.Store
+	// Policy classifies failures and says how many attempts an event gets; use the
+	// same Policy as [Retry]. Its zero value is ready to use.
+	Policy retry.Policy
+	// Consumer names the dedup scope. Defaults to the Watermill handler name.
+	Consumer string
+	// KeyFunc extracts the event ID. Defaults to dedup.FromMetadata(dedup.MetadataKey).
+	KeyFunc dedup.KeyFunc
+	// FingerprintFunc groups dead letters by cause. Defaults to dlq.Fingerprint.
+	FingerprintFunc func(consumer string, err error) string
+	// Timeout bounds storing a dead letter, which runs detached from the delivery's
+	// cancellation so that a shutdown cannot cut it short. Defaults to
+	// DefaultBookkeepingTimeout.
+	Timeout time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// DeadLetter decides each delivery's final outcome. Success and duplicates are acked.
+// A permanent failure, or a transient one on the event's last allowed attempt, is
+// stored as a dead letter and acked only once that committed. A message without a
+// usable event ID is dead-lettered at once under a key derived from its content.
+// Everything that is not the message's fault (a cancelled context, an infrastructure
+// error, a failing dead-letter store) is handed back to the broker (nacked) after a
+// back-off that grows while such failures go on, and never dead-lettered. A transient
+// failure with attempts left is handed back for redelivery.
+func DeadLetter(cfg DeadLetterConfig) (message.HandlerMiddleware, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("middleware: DeadLetterConfig.Store is required")
+	}
+	p := cfg.Policy.WithDefaults()
+	if err := p.Validate(); err != nil {
+		return nil, fmt.Errorf("middleware: DeadLetterConfig.Policy: %w", err)
+	}
+	dl := &deadLetterer{
+		store:       cfg.Store,
+		policy:      p,
+		consumer:    cfg.Consumer,
+		keyFunc:     cfg.KeyFunc,
+		fingerprint: cfg.FingerprintFunc,
+		timeout:     cmp.Or(cfg.Timeout, DefaultBookkeepingTimeout),
+		logger:      cmp.Or(cfg.Logger, slog.Default()),
+	}
+	if dl.fingerprint == nil {
+		dl.fingerprint = dlq.Fingerprint
+	}
+	dl.host, _ = os.Hostname()
+	return dl.middleware, nil
+}
+
+type deadLetterer struct {
+	store       dlq.Store
+	policy      retry.Policy
+	consumer    string
+	keyFunc     dedup.KeyFunc
+	fingerprint func(string, error) string
+	timeout     time.Duration
+	logger      *slog.Logger
+	host        string
+	// deferrals counts consecutive deliveries handed back for reasons that are not the
+	// message's fault; it paces consumption while they go on.
+	deferrals atomic.Int64
+}
+
+func (dl *deadLetterer) middleware(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		d := keyedDeliveryOf(msg, dl.consumer, dl.keyFunc)
+		if d.keyErr != nil {
+			d.key.EventID = dedup.DerivedKey(msg)
+			return dl.deadLetter(msg, d, dlq.ReasonMalformed, d.keyErr, 1)
+		}
+		produced, err := h(msg)
+		if err == nil {
+			dl.deferrals.Store(0)
+			if d.outcome == 0 {
+				d.outcome = dedup.Processed
+			}
+			return produced, nil
+		}
+		class := dl.policy.Class(err)
+		switch {
+		case msg.Context().Err() != nil || class == retry.ClassInfrastructure:
+			return dl.deferral(msg, d, err)
+		case class == retry.ClassPermanent:
+			return dl.deadLetter(msg, d, dlq.ReasonPermanent, err, max(d.failures, 1))
+		case d.failures >= dl.policy.MaxAttempts:
+			return dl.deadLetter(msg, d, dlq.ReasonExhausted, err, d.failures)
+		}
+		d.outcome = dedup.Retried
+		dl.logger.LogAttrs(msg.Context(), slog.LevelWarn, "idem: attempt failed, handing the message back for redelivery",
+			append(logAttrs(msg, d), slog.Int("failures", d.failures), slog.Int("max_attempts", dl.policy.MaxAttempts), slog.String("error", err.Error()))...)
+		return nil, err
+	}
+}
+
+// deferral hands msg back to the broker without spending its budget, after a back-off
+// that grows with consecutive deferrals (unless the context ended: shutdown must not
+// wait).
+func (dl *deadLetterer) deferral(msg *message.Message, d *delivery, err error) ([]*message.Message, error) {
+	d.outcome = dedup.Deferred
+	ctx := msg.Context()
+	n := dl.deferrals.Add(1)
+	if ctx.Err() != nil {
+		return nil, err
+	}
+	wait := dl.policy.Delay(int(min(n, 64)), nil)
+	dl.logger.LogAttrs(ctx, slog.LevelWarn, "idem: processing deferred, not the message's fault; handing it back",
+		append(logAttrs(msg, d), slog.Duration("wait", wait), slog.String("error", err.Error()))...)
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return nil, err
+}
+
+func (dl *deadLetterer) deadLetter(msg *message.Message, d *delivery, reason dlq.Reason, cause error, attempts int) ([]*message.Message, error) {
+	ctx := msg.Context()
+	sc := trace.SpanContextFromContext(ctx)
+	letter := &dlq.DeadLetter{
+		Consumer:      d.key.Consumer,
+		EventID:       d.key.EventID,
+		Topic:         message.SubscribeTopicFromCtx(ctx),
+		Handler:       message.HandlerNameFromCtx(ctx),
+		MessageUUID:   msg.UUID,
+		Payload:       msg.Payload,
+		Metadata:      msg.Metadata,
+		Reason:        reason,
+		Error:         dlq.ScrubError(cause.Error(), 0),
+		Fingerprint:   dl.fingerprint(d.key.Consumer, cause),
+		Attempts:      attempts,
+		CorrelationID: msg.Metadata.Get(CorrelationIDKey),
+	}
+	if sc.IsValid() {
+		letter.TraceID, letter.SpanID = sc.TraceID().String(), sc.SpanID().String()
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dl.timeout)
+	defer cancel()
+	created, err := dl.store.Put(wctx, letter)
+	if err != nil {
+		return dl.deferral(msg, d, retry.Infrastructure(fmt.Errorf("storing the dead letter failed, the message goes back to the broker: %w (the message failed with: %v)", err, cause)))
+	}
+	d.outcome = dedup.DeadLettered
+	dl.deferrals.Store(0)
+	dl.logger.LogAttrs(ctx, slog.LevelError, "idem: message dead-lettered",
+		append(logAttrs(msg, d),
+			slog.String("reason", string(reason)), slog.Int("attempts", attempts),
+			slog.Int64("dead_letter_id", letter.ID), slog.Bool("new", created),
+			slog.String("fingerprint", letter.Fingerprint), slog.String("error", letter.Error),
+			slog.String("host", dl.host))...)
+	return nil, nil
+}

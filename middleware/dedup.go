@@ -1,0 +1,92 @@
+package middleware
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/idemkit/idem/dedup"
+	"github.com/idemkit/idem/dlq"
+	"github.com/idemkit/idem/retry"
+)
+
+// DefaultBookkeepingTimeout bounds the short transactions idem writes on failure
+// (attempt counts, dead letters), which run detached from the delivery's cancellation.
+const DefaultBookkeepingTimeout = 10 * time.Second
+
+// DedupConfig configures [Dedup].
+type DedupConfig struct {
+	// Store claims events and counts failed attempts. Required.
+	Store dedup.Store
+	// Consumer names the dedup scope. Defaults to the Watermill handler name.
+	Consumer string
+	// KeyFunc extracts the event ID. Defaults to dedup.FromMetadata(dedup.MetadataKey).
+	KeyFunc dedup.KeyFunc
+	// Classify tells failures that are not the message's fault (not counted) from the
+	// others. Defaults to retry.Classify.
+	Classify func(error) retry.Class
+	// Timeout bounds recording a failed attempt. Defaults to DefaultBookkeepingTimeout.
+	Timeout time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Dedup runs each attempt in its own transaction of cfg.Store: it claims the event's
+// key, and when the claim is new runs the handler with the transaction in the message
+// context, committing the claim and the handler's writes together. A duplicate is
+// acknowledged without running the handler. A failed attempt rolls back, and, unless
+// the failure is not the message's fault, is counted durably in a short transaction
+// of its own.
+func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("middleware: DedupConfig.Store is required")
+	}
+	classify := cfg.Classify
+	if classify == nil {
+		classify = retry.Classify
+	}
+	timeout := cmp.Or(cfg.Timeout, DefaultBookkeepingTimeout)
+	logger := cmp.Or(cfg.Logger, slog.Default())
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			d := keyedDeliveryOf(msg, cfg.Consumer, cfg.KeyFunc)
+			if d.keyErr != nil {
+				return nil, d.keyErr
+			}
+			d.recorded = true
+			ctx := msg.Context()
+			var produced []*message.Message
+			claimed, err := cfg.Store.Run(ctx, d.key, func(txCtx context.Context) error {
+				msg.SetContext(txCtx)
+				defer msg.SetContext(ctx)
+				var herr error
+				produced, herr = h(msg)
+				return herr
+			})
+			switch {
+			case err == nil && !claimed:
+				d.outcome = dedup.Duplicate
+				logger.LogAttrs(ctx, slog.LevelDebug, "idem: duplicate skipped", logAttrs(msg, d)...)
+				return nil, nil
+			case err == nil:
+				d.outcome = dedup.Processed
+				return produced, nil
+			case ctx.Err() != nil || classify(err) == retry.ClassInfrastructure:
+				return nil, err // not the message's fault: its budget is not spent
+			}
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+			defer cancel()
+			n, rerr := cfg.Store.RecordFailure(rctx, d.key, dlq.ScrubError(err.Error(), 0))
+			if rerr != nil {
+				return nil, retry.Infrastructure(fmt.Errorf("%w; counting the failed attempt failed too: %w", err, rerr))
+			}
+			d.failures = n
+			return nil, err
+		}
+	}, nil
+}

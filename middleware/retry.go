@@ -1,0 +1,88 @@
+package middleware
+
+import (
+	"cmp"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/idemkit/idem/retry"
+)
+
+// RetryConfig configures [Retry].
+type RetryConfig struct {
+	// Policy bounds the attempts and paces them. Its zero value is ready to use.
+	Policy retry.Policy
+	// AckDeadline is how long the transport waits for an ack before it redelivers the
+	// message anyway (watermill-sql AckDeadline, NATS AckWait, Redis MaxIdleTime). In-
+	// process retrying stops before a wait would cross it, and before the delivery's
+	// context deadline, whichever comes first. Defaults to 0: no deadline known.
+	AckDeadline time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Retry tries a failing handler again in-process, after a backoff with full jitter that
+// is computed once per wait. It stops, returning the last error, when the error is not
+// transient (permanent errors are not retried; failures that are not the message's
+// fault go back to the broker at once), when the event has used its attempts
+// (counted durably by [Dedup] across redeliveries, or in-process without it), when the
+// next wait would cross Policy.MaxElapsedTime, the ack deadline or the context
+// deadline, and when the message context ends.
+func Retry(cfg RetryConfig) (message.HandlerMiddleware, error) {
+	p := cfg.Policy.WithDefaults()
+	if err := p.Validate(); err != nil {
+		return nil, fmt.Errorf("middleware: RetryConfig.Policy: %w", err)
+	}
+	if cfg.AckDeadline < 0 {
+		return nil, fmt.Errorf("middleware: RetryConfig.AckDeadline must not be negative, got %s", cfg.AckDeadline)
+	}
+	logger := cmp.Or(cfg.Logger, slog.Default())
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			d := deliveryOf(msg)
+			ctx := msg.Context()
+			start := time.Now()
+			deadline, hasDeadline := ctx.Deadline()
+			if cfg.AckDeadline > 0 && (!hasDeadline || start.Add(cfg.AckDeadline).Before(deadline)) {
+				deadline, hasDeadline = start.Add(cfg.AckDeadline), true
+			}
+			if p.MaxElapsedTime > 0 && (!hasDeadline || start.Add(p.MaxElapsedTime).Before(deadline)) {
+				deadline, hasDeadline = start.Add(p.MaxElapsedTime), true
+			}
+			for attempt := 1; ; attempt++ {
+				d.attempt = attempt
+				produced, err := h(msg)
+				if err == nil {
+					return produced, nil
+				}
+				if ctx.Err() != nil || p.Class(err) != retry.ClassTransient {
+					return nil, err
+				}
+				if !d.recorded {
+					d.failures = attempt
+				}
+				if d.failures >= p.MaxAttempts {
+					return nil, err
+				}
+				wait := p.Delay(d.failures, err)
+				if hasDeadline && time.Now().Add(wait).After(deadline) {
+					return nil, err // hand it back to the broker; the attempts so far stay counted
+				}
+				attrs := append(logAttrs(msg, d),
+					slog.Int("attempt", attempt), slog.Int("failures", d.failures),
+					slog.Duration("wait", wait), slog.String("error", err.Error()))
+				logger.LogAttrs(ctx, slog.LevelWarn, "idem: attempt failed, retrying", attrs...)
+				t := time.NewTimer(wait)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+					return nil, err
+				}
+			}
+		}
+	}, nil
+}

@@ -1,0 +1,3 @@
+DROP TABLE {{schema}}.dead_letters;
+DROP TABLE {{schema}}.attempts;
+DROP TABLE {{schema}}.processed;
