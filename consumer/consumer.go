@@ -91,8 +91,7 @@ func (c Config) validate() error {
 // be stable across deploys and never shared by two handlers. A Consumer is safe for
 // concurrent use; one Consumer serves any number of handlers.
 type Consumer struct {
-	cfg   Config
-	stack []message.HandlerMiddleware // outermost first
+	cfg Config
 }
 
 // New checks cfg and returns a Consumer. It runs no SQL.
@@ -101,72 +100,65 @@ func New(cfg Config) (*Consumer, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	deadLetter, err := middleware.DeadLetter(middleware.DeadLetterConfig{
-		Store:   cfg.Store,
-		Policy:  cfg.Retry,
-		KeyFunc: cfg.KeyFunc,
-		Timeout: cfg.BookkeepingTimeout,
-		Logger:  cfg.Logger,
+	return &Consumer{cfg: cfg}, nil
+}
+
+// Wrap returns h wrapped in the whole stack, with name as its consumer name. Use it to
+// register handlers on a router yourself, under the same name.
+func (c *Consumer) Wrap(name string, h message.HandlerFunc) message.HandlerFunc {
+	cfg := c.cfg
+	// The constructors cannot fail here: New validated everything they check.
+	deadLetter, _ := middleware.DeadLetter(middleware.DeadLetterConfig{
+		Store:    cfg.Store,
+		Policy:   cfg.Retry,
+		Consumer: name,
+		KeyFunc:  cfg.KeyFunc,
+		Timeout:  cfg.BookkeepingTimeout,
+		Logger:   cfg.Logger,
 	})
-	if err != nil {
-		return nil, fmt.Errorf("consumer: %w", err)
-	}
-	retrying, err := middleware.Retry(middleware.RetryConfig{
+	retrying, _ := middleware.Retry(middleware.RetryConfig{
 		Policy:      cfg.Retry,
 		AckDeadline: cfg.AckDeadline,
 		Logger:      cfg.Logger,
 	})
-	if err != nil {
-		return nil, fmt.Errorf("consumer: %w", err)
-	}
-	dedupe, err := middleware.Dedup(middleware.DedupConfig{
+	dedupe, _ := middleware.Dedup(middleware.DedupConfig{
 		Store:    cfg.Store,
+		Consumer: name,
 		KeyFunc:  cfg.KeyFunc,
 		Classify: cfg.Retry.Class,
 		Timeout:  cfg.BookkeepingTimeout,
 		Logger:   cfg.Logger,
 	})
-	if err != nil {
-		return nil, fmt.Errorf("consumer: %w", err)
-	}
-	return &Consumer{
-		cfg:   cfg,
-		stack: []message.HandlerMiddleware{middleware.Correlation, deadLetter, retrying, dedupe, middleware.Recover},
-	}, nil
-}
-
-// Wrap returns h wrapped in the whole stack. Use it to register handlers yourself;
-// the consumer name is the Watermill handler name the router puts in the message
-// context.
-func (c *Consumer) Wrap(h message.HandlerFunc) message.HandlerFunc {
-	for i := len(c.stack) - 1; i >= 0; i-- {
-		h = c.stack[i](h)
+	stack := []message.HandlerMiddleware{middleware.Correlation, deadLetter, retrying, dedupe, middleware.Recover}
+	for i := len(stack) - 1; i >= 0; i-- {
+		h = stack[i](h)
 	}
 	return h
 }
 
 // WrapConsumer is [Consumer.Wrap] for a handler that produces no messages.
-func (c *Consumer) WrapConsumer(h message.NoPublishHandlerFunc) message.NoPublishHandlerFunc {
-	wrapped := c.Wrap(func(msg *message.Message) ([]*message.Message, error) { return nil, h(msg) })
+func (c *Consumer) WrapConsumer(name string, h message.NoPublishHandlerFunc) message.NoPublishHandlerFunc {
+	wrapped := c.Wrap(name, func(msg *message.Message) ([]*message.Message, error) { return nil, h(msg) })
 	return func(msg *message.Message) error {
 		_, err := wrapped(msg)
 		return err
 	}
 }
 
-// AddHandler registers h on r like message.Router.AddHandler, wrapped in the stack.
-// The messages h returns are published to publishTopic after the event's transaction
-// committed, with the correlation ID and causation ID set.
+// AddHandler registers h on r like message.Router.AddHandler, wrapped in the stack
+// with name as its consumer name. The messages h returns are published to
+// publishTopic after the event's transaction committed, with the correlation ID and
+// causation ID set.
 func (c *Consumer) AddHandler(r *message.Router, name, subscribeTopic string, sub message.Subscriber,
 	publishTopic string, pub message.Publisher, h message.HandlerFunc,
 ) *message.Handler {
-	return r.AddHandler(name, subscribeTopic, sub, publishTopic, pub, c.Wrap(h))
+	return r.AddHandler(name, subscribeTopic, sub, publishTopic, pub, c.Wrap(name, h))
 }
 
 // AddConsumerHandler registers h on r like message.Router.AddConsumerHandler, wrapped
-// in the stack.
+// in the stack with name as its consumer name.
 func (c *Consumer) AddConsumerHandler(r *message.Router, name, topic string, sub message.Subscriber,
 	h message.NoPublishHandlerFunc,
 ) *message.Handler {
-	return r.AddConsumerHandler(name, topic, sub, c.WrapConsumer(h))
+	return r.AddConsumerHandler(name, topic, sub, c.WrapConsumer(name, h))
 }

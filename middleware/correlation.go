@@ -19,17 +19,17 @@ const CausationIDKey = "causation_id"
 
 type correlationKey struct{}
 
-// Correlation makes sure every message has a correlation ID: it keeps the one in the
+// Correlation makes sure every message has a correlation ID: it takes the one in the
 // metadata, or generates one when it is missing, puts it in the message context (see
 // [CorrelationID]), and copies it onto every message the handler returns, together
 // with [CausationIDKey] set to the consumed event's ID. It does not overwrite IDs the
-// handler set itself.
+// handler set itself, and it leaves the consumed message's metadata as it came, so
+// that a dead letter keeps the original byte for byte.
 func Correlation(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
 		id := msg.Metadata.Get(CorrelationIDKey)
 		if id == "" {
 			id = watermill.NewUUID()
-			msg.Metadata.Set(CorrelationIDKey, id)
 		}
 		msg.SetContext(WithCorrelationID(msg.Context(), id))
 		produced, err := h(msg)

@@ -153,7 +153,11 @@ func (dl *deadLetterer) deadLetter(msg *message.Message, d *delivery, reason dlq
 		Error:         dlq.ScrubError(cause.Error(), 0),
 		Fingerprint:   dl.fingerprint(d.key.Consumer, cause),
 		Attempts:      attempts,
-		CorrelationID: msg.Metadata.Get(CorrelationIDKey),
+	}
+	if id, ok := CorrelationID(ctx); ok {
+		letter.CorrelationID = id
+	} else {
+		letter.CorrelationID = msg.Metadata.Get(CorrelationIDKey)
 	}
 	if sc.IsValid() {
 		letter.TraceID, letter.SpanID = sc.TraceID().String(), sc.SpanID().String()
