@@ -7,6 +7,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/idemkit/idem/dedup/deduptest"
+	"github.com/idemkit/idem/dlq/dlqtest"
 	"github.com/idemkit/idem/internal/testdb"
 	"github.com/idemkit/idem/postgres"
 )
@@ -37,5 +38,13 @@ func TestDedupConformance(t *testing.T) {
 				return n, err
 			},
 		}
+	})
+}
+
+func TestDeadLetterConformance(t *testing.T) {
+	t.Parallel()
+	dlqtest.Run(t, func(t *testing.T) dlqtest.Harness {
+		store, _ := testdb.Store(t)
+		return dlqtest.Harness{Store: store, Get: store.DeadLetter}
 	})
 }
