@@ -52,14 +52,13 @@ var (
 	cookieRE = regexp.MustCompile(`(?i)\b(?:set-)?cookie"?\s*:\s*([^\r\n"]+)`)
 
 	// jsonPairRE matches a JSON string member, "key": "value"; group 1 is the key and
-	// group 2 the value.
-	jsonPairRE = regexp.MustCompile(`"([^"\\]{1,256})"\s*:\s*"((?:[^"\\]|\\.)*)"`)
+	// group 2 the value, to the end of the text when its closing quote is missing.
+	jsonPairRE = regexp.MustCompile(`"([^"\\]{1,256})"\s*:\s*"((?:[^"\\]|\\.)*)"?`)
 
-	// pairRE matches key=value (spaces allowed around =) and key:value (no spaces, as
-	// %+v prints struct fields); group 1 is the key and groups 2 to 4 are the value,
-	// double-quoted, single-quoted or bare.
-	pairRE = regexp.MustCompile(`(?i)(?:^|[^a-z0-9_.\-])([a-z0-9_.\-]+)(?:\s*=\s*|:)` +
-		`(?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)'|([^\s&"'<>]+))`)
+	// pairKeyRE matches the key and separator of key=value (spaces allowed around =)
+	// and key:value (no spaces, as %+v prints struct fields); group 1 is the key.
+	// redactPairs reads the value itself, so that no search runs past the next key.
+	pairKeyRE = regexp.MustCompile(`(?i)(?:^|[^a-z0-9_.\-])([a-z0-9_.\-]+)(?:\s*=\s*|:)`)
 
 	// jwtRE matches a JSON Web Token.
 	jwtRE = regexp.MustCompile(`\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*`)
@@ -83,14 +82,17 @@ var (
 //     "key": "value" JSON members and Key:value fields as %+v prints them;
 //   - Authorization header values (Authorization: Basic xyz becomes
 //     Authorization: Basic REDACTED), Bearer and Basic credentials anywhere
-//     (Bearer abc.def becomes Bearer REDACTED), and Cookie header values;
+//     (Bearer abc.def becomes Bearer REDACTED; a plain word after Basic or a
+//     lower-case bearer is prose and stays, as in "bearer token expired"), and Cookie
+//     header values;
 //   - JSON Web Tokens, PEM private keys and AWS access key IDs (AKIA…, ASIA…).
 //
 // Scrubbing is best-effort: it catches the forms above, not every secret a message
-// could hold. It errs on the side of redacting more than the secret, never less.
-// Invalid UTF-8 is replaced by U+FFFD. Truncation never splits a UTF-8 sequence and
-// ends the text with "…(truncated)", within max bytes. Stacks do not belong in the
-// result: they stay in logs and spans.
+// could hold. Where a form is ambiguous it redacts more than the secret rather than
+// less. Invalid UTF-8 is replaced by U+FFFD. Secrets are redacted before truncation,
+// which never splits a UTF-8 sequence and ends the text with "…(truncated)" within
+// max bytes (or cuts without the marker when max is shorter than it). Stacks do not
+// belong in s: they stay in logs and spans.
 //
 // ScrubError is safe for concurrent use.
 func ScrubError(s string, max int) string {
@@ -154,44 +156,75 @@ func credentialAfterScheme(s string, m []int) bool {
 func isASCIILetter(c byte) bool { return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' }
 
 // redactPairs redacts the values of the key=value and Key:value pairs in s whose key
-// looks secret. After a pair whose key does not, it looks for pairs again from the
-// start of the value, so that msg="token=x" and err:token=x are redacted too.
+// looks secret. A value is double-quoted, single-quoted (to the end of s when its
+// closing quote is missing, as in text cut short) or bare: up to white space, &, a
+// quote or an angle bracket, without trailing colons, commas and semicolons, so that
+// "url?api_key=x: 403" and "Pwd=x;" keep their punctuation. Pairs are searched for
+// again from the start of each value whose key is not secret, so that msg="token=x"
+// and err:token=x are redacted too.
 func redactPairs(s string) string {
 	var b strings.Builder
 	pos, last := 0, 0
 	for pos < len(s) {
-		m := pairRE.FindStringSubmatchIndex(s[pos:])
+		// Searching s[pos:] lets ^ stand for the separator or terminator before pos.
+		m := pairKeyRE.FindStringSubmatchIndex(s[pos:])
 		if m == nil {
 			break
 		}
 		key := s[pos+m[2] : pos+m[3]]
-		// The value is the first of groups 2 to 4 that took part in the match.
-		vs, ve := -1, -1
-		for g := 2; g <= 4; g++ {
-			if m[2*g] >= 0 {
-				vs, ve = pos+m[2*g], pos+m[2*g+1]
-				break
-			}
-		}
+		valueAt := pos + m[1]
 		if !isSecretParam(key) {
-			pos = vs
+			pos = valueAt
 			continue
 		}
-		if v := s[vs:ve]; v == redacted || strings.HasPrefix(v, redacted+"@") {
-			// Already redacted, as the password of token:secret@host was: keep the host.
-			pos = ve
+		vs, ve, next := pairValue(s, valueAt)
+		pos = next
+		if v := s[vs:ve]; v == "" || v == redacted || strings.HasPrefix(v, redacted+"@") {
+			// Nothing to redact, or already redacted, as the password of
+			// token:secret@host was: keep the host.
 			continue
 		}
 		b.WriteString(s[last:vs])
 		b.WriteString(redacted)
-		// The next match starts at ve or later and its value after that: the loop ends.
-		last, pos = ve, ve
+		last = ve
 	}
 	if last == 0 && b.Len() == 0 {
 		return s
 	}
 	b.WriteString(s[last:])
 	return b.String()
+}
+
+// pairValue returns the bounds of the value that starts at i in s, as redactPairs
+// describes it, and where to search for the next pair: after the value's closing
+// quote or at its end. next is always greater than i, unless i is the end of s.
+func pairValue(s string, i int) (start, end, next int) {
+	if i >= len(s) {
+		return i, i, i + 1
+	}
+	if q := s[i]; q == '"' || q == '\'' {
+		for j := i + 1; j < len(s); j++ {
+			switch s[j] {
+			case '\\':
+				j++
+			case q:
+				return i + 1, j, j + 1
+			}
+		}
+		return i + 1, len(s), len(s)
+	}
+	end = i
+	for end < len(s) && !strings.ContainsRune(" \t\n\v\f\r&\"'<>", rune(s[end])) {
+		end++
+	}
+	next = end
+	for end-i > 1 && strings.IndexByte(":,;", s[end-1]) >= 0 {
+		end--
+	}
+	if next == i {
+		next++
+	}
+	return i, end, next
 }
 
 // isSecretParam reports whether a key in error text names a secret: IsSecretKey, or a

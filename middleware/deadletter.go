@@ -142,17 +142,17 @@ func (dl *deadLetterer) deadLetter(msg *message.Message, d *delivery, reason dlq
 	ctx := msg.Context()
 	sc := trace.SpanContextFromContext(ctx)
 	letter := &dlq.DeadLetter{
-		Consumer:      d.key.Consumer,
-		EventID:       d.key.EventID,
-		Topic:         message.SubscribeTopicFromCtx(ctx),
-		Handler:       message.HandlerNameFromCtx(ctx),
-		MessageUUID:   msg.UUID,
-		Payload:       msg.Payload,
-		Metadata:      msg.Metadata,
-		Reason:        reason,
-		Error:         dlq.ScrubError(cause.Error(), 0),
-		Fingerprint:   dl.fingerprint(d.key.Consumer, cause),
-		Attempts:      attempts,
+		Consumer:    d.key.Consumer,
+		EventID:     d.key.EventID,
+		Topic:       message.SubscribeTopicFromCtx(ctx),
+		Handler:     message.HandlerNameFromCtx(ctx),
+		MessageUUID: msg.UUID,
+		Payload:     msg.Payload,
+		Metadata:    msg.Metadata,
+		Reason:      reason,
+		Error:       dlq.ScrubError(cause.Error(), 0),
+		Fingerprint: dl.fingerprint(d.key.Consumer, cause),
+		Attempts:    attempts,
 	}
 	if id, ok := CorrelationID(ctx); ok {
 		letter.CorrelationID = id

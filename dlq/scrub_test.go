@@ -1,0 +1,406 @@
+package dlq
+
+import (
+	"fmt"
+	"maps"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestScrubError(t *testing.T) {
+	t.Parallel()
+
+	t.Run("Secrets", func(t *testing.T) {
+		t.Parallel()
+
+		tests := []struct {
+			name    string
+			in      string
+			secrets []string
+			want    string // checked when not empty
+		}{
+			{
+				name:    "PostgresURL",
+				in:      "dial postgres://user:s3cr3tPW@db.internal:5432/app?sslmode=disable: refused",
+				secrets: []string{"s3cr3tPW"},
+				want:    "dial postgres://user:REDACTED@db.internal:5432/app?sslmode=disable: refused",
+			},
+			{
+				name:    "AnySchemeURL",
+				in:      "amqp://guest:hunter2@rabbit:5672/ down",
+				secrets: []string{"hunter2"},
+				want:    "amqp://guest:REDACTED@rabbit:5672/ down",
+			},
+			{
+				name:    "URLPasswordOnly",
+				in:      "redis://:r3disPW@cache:6379/0",
+				secrets: []string{"r3disPW"},
+				want:    "redis://:REDACTED@cache:6379/0",
+			},
+			{
+				name:    "URLPasswordWithAt",
+				in:      "postgres://u:p@ss/w0rd@db/app",
+				secrets: []string{"p@ss", "w0rd"},
+				want:    "postgres://u:REDACTED@db/app",
+			},
+			{
+				name:    "URLTokenAsUser",
+				in:      "clone https://token:ghTok3n@github.com/a/b failed",
+				secrets: []string{"ghTok3n"},
+				want:    "clone https://token:REDACTED@github.com/a/b failed",
+			},
+			{
+				name:    "MySQLDSN",
+				in:      "open root:my5qlPW@tcp(127.0.0.1:3306)/app: refused",
+				secrets: []string{"my5qlPW"},
+				want:    "open root:REDACTED@tcp(127.0.0.1:3306)/app: refused",
+			},
+			{
+				name:    "KeyValuePassword",
+				in:      "host=db user=bob password=kvS3cret dbname=app",
+				secrets: []string{"kvS3cret"},
+				want:    "host=db user=bob password=REDACTED dbname=app",
+			},
+			{
+				name:    "KeyValuePasswordSingleQuoted",
+				in:      "host=db password='with space' dbname=app",
+				secrets: []string{"with space"},
+				want:    "host=db password='REDACTED' dbname=app",
+			},
+			{
+				name:    "KeyValuePasswordDoubleQuoted",
+				in:      `PASSWORD = "a\"b c" port=5432`,
+				secrets: []string{`a\"b c`, "b c"},
+				want:    `PASSWORD = "REDACTED" port=5432`,
+			},
+			{
+				name:    "Pwd",
+				in:      "Server=x;Uid=sa;Pwd=mssqlPW;",
+				secrets: []string{"mssqlPW"},
+				want:    "Server=x;Uid=sa;Pwd=REDACTED;",
+			},
+			{
+				name:    "Passwd",
+				in:      "PassWD=pa55wd host=x",
+				secrets: []string{"pa55wd"},
+				want:    "PassWD=REDACTED host=x",
+			},
+			{
+				name:    "QueryString",
+				in:      "GET https://api.example.com/v1?token=t0k1&access_token=t0k2&api_key=t0k3&apikey=t0k4&secret=t0k5&client_secret=t0k6&sig=t0k7&signature=t0k8&page=2: 401",
+				secrets: []string{"t0k1", "t0k2", "t0k3", "t0k4", "t0k5", "t0k6", "t0k7", "t0k8"},
+				want: "GET https://api.example.com/v1?token=REDACTED&access_token=REDACTED&api_key=REDACTED&apikey=REDACTED" +
+					"&secret=REDACTED&client_secret=REDACTED&sig=REDACTED&signature=REDACTED&page=2: 401",
+			},
+			{
+				name:    "AmazonPresignedURL",
+				in:      "GET https://b.s3.amazonaws.com/k?X-Amz-Signature=abcdef0123&X-Amz-Security-Token=FwoGZX: 403",
+				secrets: []string{"abcdef0123", "FwoGZX"},
+			},
+			{
+				name:    "BearerToken",
+				in:      "Bearer abc.def rejected",
+				secrets: []string{"abc.def"},
+				want:    "Bearer REDACTED rejected",
+			},
+			{
+				name:    "AuthorizationBasic",
+				in:      "Authorization: Basic xyz",
+				secrets: []string{"xyz"},
+				want:    "Authorization: Basic REDACTED",
+			},
+			{
+				name:    "AuthorizationBearer",
+				in:      `header "authorization: bearer eyabc123" refused`,
+				secrets: []string{"eyabc123"},
+			},
+			{
+				name:    "AuthorizationWithoutScheme",
+				in:      "Authorization: rawKey123, retry",
+				secrets: []string{"rawKey123"},
+			},
+			{
+				name:    "BasicCredentialInText",
+				in:      "sent basic dXNlcjpwYXNz to proxy",
+				secrets: []string{"dXNlcjpwYXNz"},
+				want:    "sent basic REDACTED to proxy",
+			},
+			{
+				name:    "CookieHeader",
+				in:      "Cookie: theme=dark; sid=c00kie\nnext",
+				secrets: []string{"c00kie"},
+				want:    "Cookie: REDACTED\nnext",
+			},
+			{
+				name:    "JSONMembers",
+				in:      `400: {"user":"bob","password":"js0nPW","refresh_token":"js0nTok"}`,
+				secrets: []string{"js0nPW", "js0nTok"},
+				want:    `400: {"user":"bob","password":"REDACTED","refresh_token":"REDACTED"}`,
+			},
+			{
+				name:    "StructFields",
+				in:      "config {User:bob Password:structPW Host:db}",
+				secrets: []string{"structPW"},
+				want:    "config {User:bob Password:REDACTED Host:db}",
+			},
+			{
+				name:    "PairInsideValue",
+				in:      `msg="token=innerTok" err:secret=innerSec`,
+				secrets: []string{"innerTok", "innerSec"},
+			},
+			{
+				name:    "AWSAccessKey",
+				in:      "key AKIAIOSFODNN7EXAMPLE denied",
+				secrets: []string{"AKIAIOSFODNN7EXAMPLE", "IOSFODNN7"},
+				want:    "key REDACTED denied",
+			},
+			{
+				name:    "JWT",
+				in:      "token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl expired",
+				secrets: []string{"eyJzdWIiOiIxIn0", "c2lnbmF0dXJl"},
+			},
+			{
+				name:    "PrivateKey",
+				in:      "bad key -----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAK\n-----END RSA PRIVATE KEY----- end",
+				secrets: []string{"MIIBOgIBAAJBAK"},
+				want:    "bad key REDACTED end",
+			},
+			{
+				name:    "UnterminatedQuotedPassword",
+				in:      `connect host=db password="half a secret`,
+				secrets: []string{"half", "secret"},
+				want:    `connect host=db password="REDACTED`,
+			},
+			{
+				name:    "UnterminatedJSONMember",
+				in:      `400: {"user":"bob","client_secret":"cut sh`,
+				secrets: []string{"cut sh"},
+				want:    `400: {"user":"bob","client_secret":"REDACTED`,
+			},
+			{
+				name:    "Several",
+				in:      "postgres://a:pw1@h/db password=pw2 Bearer pw3 AKIAABCDEFGHIJKLMNOP",
+				secrets: []string{"pw1", "pw2", "pw3", "AKIAABCDEFGHIJKLMNOP"},
+			},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				t.Parallel()
+				got := ScrubError(tt.in, 0)
+				for _, secret := range tt.secrets {
+					require.NotContains(t, got, secret)
+				}
+				require.Contains(t, got, "REDACTED")
+				if tt.want != "" {
+					require.Equal(t, tt.want, got)
+				}
+				require.Equal(t, got, ScrubError(got, 0), "scrubbing twice changes nothing")
+			})
+		}
+	})
+
+	t.Run("NoFalsePositives", func(t *testing.T) {
+		t.Parallel()
+
+		for _, in := range []string{
+			"",
+			"connection refused",
+			`pq: password authentication failed for user "bob"`,
+			"invalid password: connection refused",
+			"oauth2: bearer token expired",
+			"Basic Auth failed",
+			"http: named cookie not present",
+			"dial tcp 10.0.0.1:5432: i/o timeout",
+			"GET https://api.example.com:443/v1/orders?page=2&limit=50: 503",
+			"max_retries=3 sslmode=disable",
+		} {
+			require.Equal(t, in, ScrubError(in, 0))
+		}
+	})
+}
+
+func TestScrubErrorTruncate(t *testing.T) {
+	t.Parallel()
+
+	t.Run("DefaultMax", func(t *testing.T) {
+		t.Parallel()
+		long := strings.Repeat("x", 10_000)
+		for _, max := range []int{0, -1} {
+			got := ScrubError(long, max)
+			require.Len(t, got, DefaultMaxErrorLength)
+			require.True(t, strings.HasSuffix(got, truncatedMarker))
+		}
+		short := strings.Repeat("x", DefaultMaxErrorLength)
+		require.Equal(t, short, ScrubError(short, 0))
+	})
+
+	t.Run("ValidUTF8WithinMax", func(t *testing.T) {
+		t.Parallel()
+		in := strings.Repeat("añ€😀", 20) // 1-, 2-, 3- and 4-byte runes
+		for max := 1; max <= len(in)+1; max++ {
+			got := ScrubError(in, max)
+			require.LessOrEqual(t, len(got), max, "max %d", max)
+			require.True(t, utf8.ValidString(got), "max %d: %q", max, got)
+			if max >= len(in) {
+				require.Equal(t, in, got)
+				continue
+			}
+			if max >= len(truncatedMarker) {
+				require.True(t, strings.HasSuffix(got, truncatedMarker), "max %d: %q", max, got)
+				require.True(t, strings.HasPrefix(in, strings.TrimSuffix(got, truncatedMarker)))
+				require.Greater(t, len(got), max-utf8.UTFMax, "max %d: cut no more than one rune short", max)
+			} else {
+				require.True(t, strings.HasPrefix(in, got))
+			}
+		}
+	})
+
+	t.Run("ScrubsBeforeTruncating", func(t *testing.T) {
+		t.Parallel()
+		in := "dial postgres://user:s3cr3tPW@db:5432/app " + strings.Repeat("y", 100)
+		for max := 1; max <= len(in); max++ {
+			got := ScrubError(in, max)
+			for i := 2; i <= len("s3cr3tPW"); i++ {
+				require.NotContains(t, got, "@"+"s3cr3tPW"[:i], "max %d", max)
+				require.NotContains(t, got, ":"+"s3cr3tPW"[:i], "max %d", max)
+			}
+		}
+	})
+
+	t.Run("InvalidUTF8", func(t *testing.T) {
+		t.Parallel()
+		got := ScrubError("bad \xff\xfe byte", 0)
+		require.True(t, utf8.ValidString(got))
+		require.Equal(t, "bad \uFFFD byte", got)
+	})
+}
+
+func TestIsSecretKey(t *testing.T) {
+	t.Parallel()
+
+	tests := []struct {
+		key  string
+		want bool
+	}{
+		{"Authorization", true},
+		{"Proxy-Authorization", true},
+		{"Cookie", true},
+		{"Set-Cookie", true},
+		{"db_password", true},
+		{"PASSWD", true},
+		{"client_secret", true},
+		{"X-Auth-Token", true},
+		{"api-key", true},
+		{"Api_Key", true},
+		{"apikey", true},
+		{"X-API-Key", true},
+		{"aws_credentials", true},
+		{"session_id", true},
+		{"X-Hub-Signature-256", true},
+		{"private-key", true},
+		{"event_id", false},
+		{"correlation_id", false},
+		{"traceparent", false},
+		{"content-type", false},
+		{"", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.key, func(t *testing.T) {
+			t.Parallel()
+			require.Equal(t, tt.want, IsSecretKey(tt.key))
+		})
+	}
+}
+
+func TestSanitizeMetadata(t *testing.T) {
+	t.Parallel()
+
+	t.Run("Nil", func(t *testing.T) {
+		t.Parallel()
+		require.Nil(t, SanitizeMetadata(nil))
+		got := SanitizeMetadata(map[string]string{})
+		require.NotNil(t, got)
+		require.Empty(t, got)
+	})
+
+	t.Run("RedactsAndScrubs", func(t *testing.T) {
+		t.Parallel()
+		md := map[string]string{
+			"Authorization":  "Bearer abc.def",
+			"x-api-key":      "k3y",
+			"event_id":       "evt-1",
+			"correlation_id": "c-1",
+			"source":         "postgres://app:s3cr3tPW@db/app",
+			"note":           strings.Repeat("é", DefaultMaxMetadataValueLength),
+		}
+		original := maps.Clone(md)
+
+		got := SanitizeMetadata(md)
+		require.Equal(t, original, md, "input not modified")
+		require.Equal(t, "REDACTED", got["Authorization"])
+		require.Equal(t, "REDACTED", got["x-api-key"])
+		require.Equal(t, "evt-1", got["event_id"])
+		require.Equal(t, "c-1", got["correlation_id"])
+		require.Equal(t, "postgres://app:REDACTED@db/app", got["source"])
+		require.LessOrEqual(t, len(got["note"]), DefaultMaxMetadataValueLength)
+		require.True(t, utf8.ValidString(got["note"]))
+		require.True(t, strings.HasSuffix(got["note"], truncatedMarker))
+
+		got["event_id"] = "changed"
+		require.Equal(t, "evt-1", md["event_id"], "result is a new map")
+	})
+
+	t.Run("CapsEntriesInSortedOrder", func(t *testing.T) {
+		t.Parallel()
+		md := make(map[string]string)
+		for i := range DefaultMaxMetadataEntries + 50 {
+			md[fmt.Sprintf("key-%03d", i)] = "v"
+		}
+		got := SanitizeMetadata(md)
+		require.Len(t, got, DefaultMaxMetadataEntries)
+		require.Contains(t, got, "key-000")
+		require.Contains(t, got, fmt.Sprintf("key-%03d", DefaultMaxMetadataEntries-1))
+		require.NotContains(t, got, fmt.Sprintf("key-%03d", DefaultMaxMetadataEntries))
+		require.Len(t, md, DefaultMaxMetadataEntries+50, "input not modified")
+	})
+
+	t.Run("DropsLongKeys", func(t *testing.T) {
+		t.Parallel()
+		longest := strings.Repeat("k", DefaultMaxMetadataKeyLength)
+		tooLong := strings.Repeat("a", DefaultMaxMetadataKeyLength+1) // sorts first: must not take a slot
+		got := SanitizeMetadata(map[string]string{longest: "1", tooLong: "2"})
+		require.Equal(t, map[string]string{longest: "1"}, got)
+	})
+}
+
+func FuzzScrubError(f *testing.F) {
+	for _, seed := range []string{
+		"postgres://u:pw@h/db", `password="x`, "Authorization: Basic xyz", `{"token":"t"}`,
+		"a=b:c token:x@y", "Bearer ", "-----BEGIN PRIVATE KEY-----", "\xff=\xfe", "é€😀",
+	} {
+		f.Add(seed, 0)
+		f.Add(seed, 7)
+	}
+	f.Fuzz(func(t *testing.T, s string, max int) {
+		max %= 64
+		got := ScrubError(s, max)
+		require.True(t, utf8.ValidString(got))
+		if max <= 0 {
+			max = DefaultMaxErrorLength
+		}
+		require.LessOrEqual(t, len(got), max)
+	})
+}
+
+func FuzzNormalizeMessage(f *testing.F) {
+	for _, seed := range []string{"order-12 'x' \"y\"", "2024-05-01T10:00:00Z", "x=-5e+3", "\xff1"} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got := NormalizeMessage(s)
+		require.Equal(t, got, strings.Join(strings.Fields(got), " "))
+	})
+}

@@ -1,0 +1,120 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+)
+
+// DefaultRetention is how long processed rows are kept by default: a redelivery or a
+// replay of an event older than this is no longer recognised as a duplicate.
+const DefaultRetention = 7 * 24 * time.Hour
+
+// DefaultPruneBatch is how many rows one pruning statement deletes by default.
+const DefaultPruneBatch = 1000
+
+// PruneConfig configures [Store.Prune].
+type PruneConfig struct {
+	// Retention is how long processed rows and attempt counts are kept after their
+	// last change. Defaults to DefaultRetention.
+	Retention time.Duration
+	// ReplayWindow is the longest time after which an event may still be redelivered
+	// or replayed (the broker's retention, the dead-letter review period). Prune
+	// refuses a Retention shorter than it, since pruning a row inside that window
+	// would let a late duplicate apply its effect twice. Defaults to 0.
+	ReplayWindow time.Duration
+	// BatchSize is how many rows one statement deletes, so that pruning never holds
+	// the write lock for long. Defaults to DefaultPruneBatch.
+	BatchSize int
+}
+
+// PruneResult counts what [Store.Prune] deleted.
+type PruneResult struct {
+	Processed int64
+	Attempts  int64
+}
+
+// Prune deletes processed rows and attempt counts older than cfg.Retention, measured
+// on the database clock, in batches of cfg.BatchSize, each its own transaction: the
+// consumers' writes get the write lock between batches. It never deletes a row younger
+// than the retention, and it keeps attempt counts of events that have a pending dead
+// letter. It stops at the first error or when ctx ends, reporting what it deleted so
+// far.
+func (s *Store) Prune(ctx context.Context, cfg PruneConfig) (PruneResult, error) {
+	if cfg.Retention == 0 {
+		cfg.Retention = DefaultRetention
+	}
+	if cfg.BatchSize == 0 {
+		cfg.BatchSize = DefaultPruneBatch
+	}
+	var res PruneResult
+	switch {
+	case cfg.Retention < 0:
+		return res, fmt.Errorf("sqlite: PruneConfig.Retention must be positive, got %s", cfg.Retention)
+	case cfg.Retention < cfg.ReplayWindow:
+		return res, fmt.Errorf("sqlite: PruneConfig.Retention %s is shorter than ReplayWindow %s: a late redelivery or replay would apply its effect twice; raise Retention", cfg.Retention, cfg.ReplayWindow)
+	case cfg.BatchSize < 1:
+		return res, fmt.Errorf("sqlite: PruneConfig.BatchSize must be at least 1, got %d", cfg.BatchSize)
+	}
+	// An SQLite date modifier: the cutoff is strftime(…, 'now', '-N seconds').
+	age := fmt.Sprintf("-%.3f seconds", cfg.Retention.Seconds())
+	cutoff := `strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1)`
+	processed := `DELETE FROM processed WHERE (consumer, event_id) IN (
+    SELECT consumer, event_id FROM processed WHERE processed_at < ` + cutoff + ` LIMIT ?2)`
+	attempts := `DELETE FROM attempts WHERE (consumer, event_id) IN (
+    SELECT a.consumer, a.event_id FROM attempts AS a
+    WHERE a.last_failure_at < ` + cutoff + `
+      AND NOT EXISTS (SELECT 1 FROM dead_letters AS d
+                      WHERE d.consumer = a.consumer AND d.event_id = a.event_id AND d.status = 'pending')
+    LIMIT ?2)`
+	for _, step := range []struct {
+		sql   string
+		count *int64
+	}{{processed, &res.Processed}, {attempts, &res.Attempts}} {
+		for {
+			var n int64
+			err := s.write(ctx, "prune", func(tx *sql.Tx) error {
+				r, err := tx.ExecContext(ctx, step.sql, age, cfg.BatchSize)
+				if err != nil {
+					return err
+				}
+				n, err = r.RowsAffected()
+				return err
+			})
+			if err != nil {
+				return res, err
+			}
+			*step.count += n
+			if n < int64(cfg.BatchSize) {
+				break
+			}
+		}
+	}
+	return res, nil
+}
+
+// Stats describes the store's tables, for `idem dedup stats`.
+type Stats struct {
+	Processed          int64
+	OldestProcessed    time.Time // zero when there are none
+	Attempts           int64
+	PendingDeadLetters int64
+	OldestPending      time.Time // zero when there are none
+}
+
+// Stats counts the rows of the store's tables. It reads without waiting for writers.
+func (s *Store) Stats(ctx context.Context) (Stats, error) {
+	var st Stats
+	err := s.db.QueryRowContext(ctx, `SELECT
+    (SELECT count(*) FROM processed),
+    (SELECT min(processed_at) FROM processed),
+    (SELECT count(*) FROM attempts),
+    (SELECT count(*) FROM dead_letters WHERE status = 'pending'),
+    (SELECT min(dead_lettered_at) FROM dead_letters WHERE status = 'pending')`).
+		Scan(&st.Processed, timeText{&st.OldestProcessed}, &st.Attempts, &st.PendingDeadLetters, timeText{&st.OldestPending})
+	if err != nil {
+		return st, &storeError{Op: "stats", Err: err}
+	}
+	return st, nil
+}
