@@ -410,3 +410,13 @@ func TestConfigIsValidated(t *testing.T) {
 	_, err = consumer.New(consumer.Config{Store: store, AckDeadline: 10 * time.Second})
 	require.ErrorContains(t, err, "Retry.MaxElapsedTime 30s must be shorter than Config.AckDeadline 10s")
 }
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+func testdbStore(t testing.TB, ignoreSubscriberTx bool) (*postgres.Store, *pgxpool.Pool) {
+	t.Helper()
+	pool := testdb.Pool(t)
+	store, err := postgres.New(pool, postgres.Config{Schema: testdb.Schema(t, pool), IgnoreSubscriberTx: ignoreSubscriberTx})
+	require.NoError(t, err)
+	return store, pool
+}
