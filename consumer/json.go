@@ -28,7 +28,8 @@ func (e *DecodeError) Permanent() bool { return true }
 // JSON adapts a typed handler: the payload is decoded from JSON into a T (unknown
 // fields are ignored, so producers can add fields), and a payload that does not decode is a permanent
 // [*DecodeError]. The handler gets the message context, which carries the attempt's
-// transaction (see postgres.TxFromContext) when it runs under a Consumer.
+// transaction (see postgres.TxFromContext) when it runs under a Consumer, and the
+// event's key (middleware.EventKey).
 func JSON[T any](fn func(ctx context.Context, event T) error) message.NoPublishHandlerFunc {
 	return func(msg *message.Message) error {
 		event, err := Decode[T](msg.Payload)

@@ -19,7 +19,8 @@ var ErrNoTx = errors.New("postgres: no idem transaction in the message context; 
 // JSON into a T, and fn runs inside the attempt's transaction, which commits its
 // writes together with the event's claim, once. fn must not commit or roll back tx.
 // A payload that does not decode is a permanent error (consumer.DecodeError): the
-// message is dead-lettered without retries.
+// message is dead-lettered without retries. middleware.EventKey(ctx) gives the event's
+// key, for instance as the idempotency key of a call to another service.
 func Handler[T any](fn func(ctx context.Context, tx pgx.Tx, event T) error) message.NoPublishHandlerFunc {
 	return func(msg *message.Message) error {
 		ctx := msg.Context()
