@@ -1,0 +1,123 @@
+package postgres_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/idemkit/idem/dedup"
+	"github.com/idemkit/idem/internal/testdb"
+	"github.com/idemkit/idem/postgres"
+	"github.com/idemkit/idem/retry"
+)
+
+func TestHostileSchemaNamesAreRefused(t *testing.T) {
+	t.Parallel()
+	pool := testdb.Pool(t)
+	for _, name := range []string{"x; DROP TABLE y", `"q"`, strings.Repeat("a", 64), "Upper", "1st", "a-b", "a.b", "ünï"} {
+		_, err := postgres.New(pool, postgres.Config{Schema: name})
+		require.Error(t, err, "%q", name)
+		require.ErrorContains(t, err, "Schema", "the error names the setting")
+		_, err = postgres.Migrate(context.Background(), pool, postgres.MigrateConfig{Schema: name})
+		require.Error(t, err, "%q", name)
+	}
+	_, err := postgres.New(pool, postgres.Config{Schema: strings.Repeat("a", 63)})
+	require.NoError(t, err, "63 bytes is the limit, not over it")
+	_, err = postgres.New(nil, postgres.Config{})
+	require.ErrorContains(t, err, "pool")
+}
+
+func TestMigrate(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := testdb.Pool(t)
+	schema := "test_migrate_" + strings.ReplaceAll(strings.ToLower(t.Name()), "/", "_")[:4] + time.Now().Format("150405000")
+	t.Cleanup(func() { _, _ = pool.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+schema+" CASCADE") })
+
+	store, err := postgres.New(pool, postgres.Config{Schema: schema})
+	require.NoError(t, err)
+	require.ErrorIs(t, store.Check(ctx), postgres.ErrNotMigrated, "New runs no DDL")
+	_, err = store.RecordFailure(ctx, dedup.Key{Consumer: "c", EventID: "e"}, "x")
+	require.Error(t, err)
+	require.Equal(t, retry.ClassInfrastructure, postgres.Classify(err), "a missing schema is not the message's fault")
+	require.ErrorContains(t, err, "idem migrate")
+
+	// Replicas starting together: each migration is applied once.
+	var wg sync.WaitGroup
+	applied := make([][]postgres.Migration, 4)
+	errs := make([]error, 4)
+	for i := range 4 {
+		wg.Go(func() { applied[i], errs[i] = postgres.Migrate(ctx, pool, postgres.MigrateConfig{Schema: schema}) })
+	}
+	wg.Wait()
+	require.NoError(t, errors.Join(errs...))
+	total := 0
+	for _, a := range applied {
+		total += len(a)
+	}
+	require.Equal(t, postgres.LatestVersion(), total)
+	require.NoError(t, store.Check(ctx))
+
+	again, err := postgres.Migrate(ctx, pool, postgres.MigrateConfig{Schema: schema})
+	require.NoError(t, err)
+	require.Empty(t, again)
+}
+
+func TestClassifySQLStates(t *testing.T) {
+	t.Parallel()
+	pool := testdb.Pool(t)
+	tests := []struct {
+		code string
+		want retry.Class
+	}{
+		{"40001", retry.ClassTransient},
+		{"40P01", retry.ClassTransient},
+		{"55P03", retry.ClassTransient},
+		{"57014", retry.ClassTransient},
+		{"08006", retry.ClassInfrastructure},
+		{"57P01", retry.ClassInfrastructure},
+		{"53300", retry.ClassInfrastructure},
+		{"42P01", retry.ClassInfrastructure},
+		{"22P02", retry.ClassPermanent},
+		{"23514", retry.ClassPermanent},
+		{"23505", retry.ClassUnknown},
+		{"P0001", retry.ClassUnknown},
+	}
+	for _, tt := range tests {
+		_, err := pool.Exec(context.Background(), "DO $$ BEGIN RAISE EXCEPTION 'raised' USING ERRCODE = '"+tt.code+"'; END $$")
+		require.Error(t, err, tt.code)
+		require.Equal(t, tt.want, postgres.Classify(err), tt.code)
+		wrapped := errors.Join(errors.New("handler"), err)
+		require.Equal(t, tt.want, postgres.Classify(wrapped), "%s, wrapped", tt.code)
+	}
+	p := retry.Policy{Classify: postgres.Classify}
+	_, err := pool.Exec(context.Background(), "DO $$ BEGIN RAISE EXCEPTION 'x' USING ERRCODE = '40001'; END $$")
+	require.Equal(t, retry.ClassPermanent, p.Class(retry.Permanent(err)), "the handler's explicit intent wins")
+	require.Equal(t, retry.ClassUnknown, postgres.Classify(nil))
+	require.Equal(t, retry.ClassUnknown, postgres.Classify(errors.New("plain")))
+}
+
+func TestRunInsideFailedTransactionRollsBack(t *testing.T) {
+	t.Parallel()
+	store, pool := testdb.Store(t)
+	ctx := context.Background()
+	key := dedup.Key{Consumer: "c", EventID: "e"}
+	// The handler swallows an error inside the transaction and returns nil: COMMIT
+	// turns into ROLLBACK, which must be reported, not taken for success.
+	_, err := store.Run(ctx, key, func(ctx context.Context) error {
+		tx, _ := postgres.TxFromContext(ctx)
+		_, _ = tx.Exec(ctx, "SELECT 1/0")
+		return nil
+	})
+	require.ErrorIs(t, err, pgx.ErrTxCommitRollback)
+	require.Equal(t, retry.ClassTransient, postgres.Classify(err))
+	var n int
+	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM "+pgx.Identifier{store.Schema(), "processed"}.Sanitize()).Scan(&n))
+	require.Zero(t, n, "the claim rolled back")
+}
