@@ -34,6 +34,9 @@ func Correlation(h message.HandlerFunc) message.HandlerFunc {
 		msg.SetContext(WithCorrelationID(msg.Context(), id))
 		produced, err := h(msg)
 		causation := msg.Metadata.Get(dedup.MetadataKey)
+		if k, ok := EventKey(msg.Context()); ok {
+			causation = k.EventID // as the configured KeyFunc found it
+		}
 		if causation == "" {
 			causation = msg.UUID
 		}

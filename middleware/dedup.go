@@ -42,6 +42,10 @@ type DedupConfig struct {
 // acknowledged without running the handler. A failed attempt rolls back, and, unless
 // the failure is not the message's fault, is counted durably in a short transaction
 // of its own.
+//
+// The event's key is worked out once per delivery, by the outermost of DeadLetter and
+// Dedup: when assembling the stack by hand, give both the same Consumer and KeyFunc (the
+// consumer package does).
 func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("middleware: DedupConfig.Store is required")

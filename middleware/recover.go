@@ -7,21 +7,17 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 )
 
-// PanicError is a handler panic turned into an error. It is retried like any
-// transient failure. Its Error text carries the panic value only; the stack is in
-// Stack, for logs and spans, and never stored in a dead letter.
+// PanicError is a handler panic turned into an error. It is always retried like a
+// transient failure, whatever the panic value (a panic is a bug, never a statement of
+// intent): it does not unwrap to the value, which stays in Value. Its Error text
+// carries the panic value only; the stack is in Stack, for logs and spans, and never
+// stored in a dead letter.
 type PanicError struct {
 	Value any
 	Stack []byte
 }
 
 func (e *PanicError) Error() string { return fmt.Sprintf("handler panicked: %v", e.Value) }
-
-// Unwrap returns the panic value when it is an error.
-func (e *PanicError) Unwrap() error {
-	err, _ := e.Value.(error)
-	return err
-}
 
 // Recover turns a panic in h into a [*PanicError], so that it is retried and
 // dead-lettered like any failure instead of skipping the retry and dead-letter

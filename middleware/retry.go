@@ -45,6 +45,8 @@ func Retry(cfg RetryConfig) (message.HandlerMiddleware, error) {
 			d := deliveryOf(msg)
 			ctx := msg.Context()
 			start := time.Now()
+			// A wait must end strictly before the deadline: an attempt that starts at the
+			// deadline starts with its context already expired.
 			deadline, hasDeadline := ctx.Deadline()
 			if cfg.AckDeadline > 0 && (!hasDeadline || start.Add(cfg.AckDeadline).Before(deadline)) {
 				deadline, hasDeadline = start.Add(cfg.AckDeadline), true
@@ -68,7 +70,7 @@ func Retry(cfg RetryConfig) (message.HandlerMiddleware, error) {
 					return nil, err
 				}
 				wait := p.Delay(d.failures, err)
-				if hasDeadline && time.Now().Add(wait).After(deadline) {
+				if hasDeadline && !time.Now().Add(wait).Before(deadline) {
 					return nil, err // hand it back to the broker; the attempts so far stay counted
 				}
 				attrs := append(logAttrs(msg, d),
