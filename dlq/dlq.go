@@ -51,6 +51,10 @@ type DeadLetter struct {
 	Handler string
 	// MessageUUID is the transport's message UUID of the last delivery.
 	MessageUUID string
+	// EventType and EventVersion come from the metadata keys event_type and
+	// event_version, when the producer set them.
+	EventType    string
+	EventVersion string
 	// Payload and Metadata are the original message's.
 	Payload  []byte
 	Metadata map[string]string
@@ -66,6 +70,12 @@ type DeadLetter struct {
 	CorrelationID string
 	TraceID       string
 	SpanID        string
+	// Host is the name of the machine that dead-lettered the message.
+	Host string
+
+	// History is the latest failed attempts, newest first, as the store recorded them
+	// (bounded). Kept by the store.
+	History []Failure
 
 	// Status, Count and the times are kept by the store.
 	Status Status
@@ -75,6 +85,12 @@ type DeadLetter struct {
 	FirstFailedAt  time.Time
 	LastFailedAt   time.Time
 	DeadLetteredAt time.Time
+}
+
+// Failure is one failed attempt in a dead letter's history.
+type Failure struct {
+	At    time.Time `json:"at"`
+	Error string    `json:"error"`
 }
 
 // Store keeps dead letters durably. Implementations must be safe for concurrent use.

@@ -18,6 +18,26 @@ import (
 	"github.com/idemkit/idem/retry"
 )
 
+// EventTypeKey and EventVersionKey are the metadata keys a producer sets to name an
+// event's type and schema version; dead letters record them.
+const (
+	EventTypeKey    = "event_type"
+	EventVersionKey = "event_version"
+)
+
+// redactSecrets returns md with the values of secret-looking keys (authorization,
+// cookie, token, …) replaced, and every other value as it came.
+func redactSecrets(md message.Metadata) map[string]string {
+	out := make(map[string]string, len(md))
+	for k, v := range md {
+		if dlq.IsSecretKey(k) {
+			v = "REDACTED"
+		}
+		out[k] = v
+	}
+	return out
+}
+
 // DeadLetterConfig configures [DeadLetter].
 type DeadLetterConfig struct {
 	// Store keeps the dead letters. Required.
@@ -142,17 +162,20 @@ func (dl *deadLetterer) deadLetter(msg *message.Message, d *delivery, reason dlq
 	ctx := msg.Context()
 	sc := trace.SpanContextFromContext(ctx)
 	letter := &dlq.DeadLetter{
-		Consumer:    d.key.Consumer,
-		EventID:     d.key.EventID,
-		Topic:       message.SubscribeTopicFromCtx(ctx),
-		Handler:     message.HandlerNameFromCtx(ctx),
-		MessageUUID: msg.UUID,
-		Payload:     msg.Payload,
-		Metadata:    msg.Metadata,
-		Reason:      reason,
-		Error:       dlq.ScrubError(cause.Error(), 0),
-		Fingerprint: dl.fingerprint(d.key.Consumer, cause),
-		Attempts:    attempts,
+		Consumer:     d.key.Consumer,
+		EventID:      d.key.EventID,
+		Topic:        message.SubscribeTopicFromCtx(ctx),
+		Handler:      message.HandlerNameFromCtx(ctx),
+		MessageUUID:  msg.UUID,
+		EventType:    msg.Metadata.Get(EventTypeKey),
+		EventVersion: msg.Metadata.Get(EventVersionKey),
+		Host:         dl.host,
+		Payload:      msg.Payload,
+		Metadata:     redactSecrets(msg.Metadata),
+		Reason:       reason,
+		Error:        dlq.ScrubError(cause.Error(), 0),
+		Fingerprint:  dl.fingerprint(d.key.Consumer, cause),
+		Attempts:     attempts,
 	}
 	if id, ok := CorrelationID(ctx); ok {
 		letter.CorrelationID = id

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -11,13 +12,15 @@ import (
 )
 
 const deadLetterColumns = `id, consumer, event_id, topic, handler, message_uuid, payload, metadata::text, reason, error,
-    fingerprint, attempts, correlation_id, trace_id, span_id, status, count, first_failed_at, last_failed_at, dead_lettered_at`
+    fingerprint, attempts, correlation_id, trace_id, span_id, host, event_type, event_version, history::text,
+    status, count, first_failed_at, last_failed_at, dead_lettered_at`
 
 func scanDeadLetter(row pgx.Row) (*dlq.DeadLetter, error) {
 	var d dlq.DeadLetter
-	var md, reason, status string
+	var md, reason, status, history string
 	err := row.Scan(&d.ID, &d.Consumer, &d.EventID, &d.Topic, &d.Handler, &d.MessageUUID, &d.Payload, &md, &reason, &d.Error,
-		&d.Fingerprint, &d.Attempts, &d.CorrelationID, &d.TraceID, &d.SpanID, &status, &d.Count,
+		&d.Fingerprint, &d.Attempts, &d.CorrelationID, &d.TraceID, &d.SpanID, &d.Host, &d.EventType, &d.EventVersion, &history,
+		&status, &d.Count,
 		&d.FirstFailedAt, &d.LastFailedAt, &d.DeadLetteredAt)
 	if err != nil {
 		return nil, err
@@ -25,6 +28,9 @@ func scanDeadLetter(row pgx.Row) (*dlq.DeadLetter, error) {
 	d.Reason, d.Status = dlq.Reason(reason), dlq.Status(status)
 	if d.Metadata, err = dlq.DecodeMetadata([]byte(md)); err != nil {
 		return nil, err
+	}
+	if err := json.Unmarshal([]byte(history), &d.History); err != nil {
+		return nil, fmt.Errorf("postgres: decode dead letter history: %w", err)
 	}
 	return &d, nil
 }

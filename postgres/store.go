@@ -107,8 +107,9 @@ ON CONFLICT (consumer, event_id) DO UPDATE SET
 RETURNING attempts`,
 		putDeadLetter: `INSERT INTO ` + q + `.dead_letters AS d
     (consumer, event_id, topic, handler, message_uuid, payload, metadata, reason, error,
-     fingerprint, attempts, correlation_id, trace_id, span_id, history, first_failed_at, last_failed_at)
-SELECT $1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14,
+     fingerprint, attempts, correlation_id, trace_id, span_id, host, event_type, event_version,
+     history, first_failed_at, last_failed_at)
+SELECT $1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
     coalesce(a.errors, jsonb_build_array(jsonb_build_object('at', now(), 'error', $9::text))),
     coalesce(a.first_failure_at, now()), coalesce(a.last_failure_at, now())
 FROM (SELECT 1) AS one
@@ -126,6 +127,9 @@ ON CONFLICT (consumer, event_id) DO UPDATE SET
     correlation_id   = EXCLUDED.correlation_id,
     trace_id         = EXCLUDED.trace_id,
     span_id          = EXCLUDED.span_id,
+    host             = EXCLUDED.host,
+    event_type       = EXCLUDED.event_type,
+    event_version    = EXCLUDED.event_version,
     history          = EXCLUDED.history,
     last_failed_at   = EXCLUDED.last_failed_at,
     status           = 'pending',
@@ -282,6 +286,7 @@ func (s *Store) Put(ctx context.Context, d *dlq.DeadLetter) (bool, error) {
 	err = s.pool.QueryRow(ctx, s.sql.putDeadLetter,
 		d.Consumer, d.EventID, d.Topic, d.Handler, d.MessageUUID, payload, string(md),
 		string(d.Reason), d.Error, d.Fingerprint, d.Attempts, d.CorrelationID, d.TraceID, d.SpanID,
+		d.Host, d.EventType, d.EventVersion,
 	).Scan(&d.ID, &created, &status, &d.Count, &d.FirstFailedAt, &d.LastFailedAt, &d.DeadLetteredAt)
 	if err != nil {
 		return false, &storeError{Op: "store dead letter " + d.Consumer + "/" + d.EventID, Err: err}

@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -10,13 +11,15 @@ import (
 )
 
 const deadLetterColumns = `id, consumer, event_id, topic, handler, message_uuid, payload, metadata, reason, error,
-    fingerprint, attempts, correlation_id, trace_id, span_id, status, count, first_failed_at, last_failed_at, dead_lettered_at`
+    fingerprint, attempts, correlation_id, trace_id, span_id, host, event_type, event_version, history,
+    status, count, first_failed_at, last_failed_at, dead_lettered_at`
 
 func scanDeadLetter(row *sql.Row) (*dlq.DeadLetter, error) {
 	var d dlq.DeadLetter
-	var md, reason, status string
+	var md, reason, status, history string
 	err := row.Scan(&d.ID, &d.Consumer, &d.EventID, &d.Topic, &d.Handler, &d.MessageUUID, &d.Payload, &md, &reason, &d.Error,
-		&d.Fingerprint, &d.Attempts, &d.CorrelationID, &d.TraceID, &d.SpanID, &status, &d.Count,
+		&d.Fingerprint, &d.Attempts, &d.CorrelationID, &d.TraceID, &d.SpanID, &d.Host, &d.EventType, &d.EventVersion, &history,
+		&status, &d.Count,
 		timeText{&d.FirstFailedAt}, timeText{&d.LastFailedAt}, timeText{&d.DeadLetteredAt})
 	if err != nil {
 		return nil, err
@@ -24,6 +27,9 @@ func scanDeadLetter(row *sql.Row) (*dlq.DeadLetter, error) {
 	d.Reason, d.Status = dlq.Reason(reason), dlq.Status(status)
 	if d.Metadata, err = dlq.DecodeMetadata([]byte(md)); err != nil {
 		return nil, err
+	}
+	if err := json.Unmarshal([]byte(history), &d.History); err != nil {
+		return nil, fmt.Errorf("sqlite: decode dead letter history: %w", err)
 	}
 	return &d, nil
 }

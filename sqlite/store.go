@@ -191,8 +191,9 @@ ON CONFLICT (consumer, event_id) DO UPDATE SET
 RETURNING attempts`,
 		putDeadLetter: `INSERT INTO dead_letters AS d
     (consumer, event_id, topic, handler, message_uuid, payload, metadata, reason, error,
-     fingerprint, attempts, correlation_id, trace_id, span_id, history, first_failed_at, last_failed_at)
-SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
+     fingerprint, attempts, correlation_id, trace_id, span_id, host, event_type, event_version,
+     history, first_failed_at, last_failed_at)
+SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
     coalesce(a.errors, json_array(json_object('at', n.now, 'error', ?9))),
     coalesce(a.first_failure_at, n.now), coalesce(a.last_failure_at, n.now)
 FROM (SELECT ` + nowSQL + ` AS now) AS n
@@ -211,6 +212,9 @@ ON CONFLICT (consumer, event_id) DO UPDATE SET
     correlation_id   = excluded.correlation_id,
     trace_id         = excluded.trace_id,
     span_id          = excluded.span_id,
+    host             = excluded.host,
+    event_type       = excluded.event_type,
+    event_version    = excluded.event_version,
     history          = excluded.history,
     last_failed_at   = excluded.last_failed_at,
     status           = 'pending',
@@ -379,6 +383,7 @@ func (s *Store) Put(ctx context.Context, d *dlq.DeadLetter) (bool, error) {
 		return tx.QueryRowContext(ctx, s.sql.putDeadLetter,
 			d.Consumer, d.EventID, d.Topic, d.Handler, d.MessageUUID, payload, string(md),
 			string(d.Reason), d.Error, d.Fingerprint, d.Attempts, d.CorrelationID, d.TraceID, d.SpanID,
+			d.Host, d.EventType, d.EventVersion,
 		).Scan(&d.ID, &d.Count, &status, timeText{&d.FirstFailedAt}, timeText{&d.LastFailedAt}, timeText{&d.DeadLetteredAt})
 	})
 	if err != nil {

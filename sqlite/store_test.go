@@ -10,6 +10,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -140,13 +142,16 @@ func TestMigrate(t *testing.T) {
 		defer store.Close()
 		applied, err := sqlite.Migrate(ctx, store.DB())
 		require.NoError(t, err)
-		require.Equal(t, []sqlite.Migration{{Version: 1, Name: "create_tables"}}, applied)
+		require.Len(t, applied, sqlite.LatestVersion())
+		for i, m := range applied {
+			require.Equal(t, i+1, m.Version, "migrations apply in order")
+		}
 		require.NoError(t, store.Check(ctx))
 
 		applied, err = sqlite.Migrate(ctx, store.DB())
 		require.NoError(t, err)
 		require.Empty(t, applied, "a second Migrate applies nothing")
-		require.Equal(t, 1, count(t, store.DB(), "SELECT count(*) FROM schema_migrations"))
+		require.Equal(t, sqlite.LatestVersion(), count(t, store.DB(), "SELECT count(*) FROM schema_migrations"))
 		require.Equal(t, sqlite.LatestVersion(), count(t, store.DB(), "SELECT max(version) FROM schema_migrations"))
 	})
 
@@ -174,22 +179,32 @@ func TestMigrate(t *testing.T) {
 		for _, a := range applied {
 			n += len(a)
 		}
-		require.Equal(t, 1, n, "exactly one Migrate applies the migration")
+		require.Equal(t, sqlite.LatestVersion(), n, "each migration is applied exactly once")
 	})
 
 	t.Run("EmbeddedFiles", func(t *testing.T) {
 		t.Parallel()
-		names, err := fs.Glob(sqlite.Migrations(), "*.sql")
+		ups, err := fs.Glob(sqlite.Migrations(), "*.up.sql")
 		require.NoError(t, err)
-		require.Equal(t, []string{"001_create_tables.down.sql", "001_create_tables.up.sql"}, names)
+		require.Len(t, ups, sqlite.LatestVersion(), "one file per version")
+		for i, up := range ups {
+			require.True(t, strings.HasPrefix(up, fmt.Sprintf("%03d_", i+1)), "%s is numbered in sequence", up)
+			_, err := fs.Stat(sqlite.Migrations(), strings.TrimSuffix(up, ".up.sql")+".down.sql")
+			require.NoError(t, err, "%s has a down migration", up)
+		}
 	})
 
 	t.Run("DownUndoesUp", func(t *testing.T) {
 		t.Parallel()
 		store := testStore(t, sqlite.Config{})
-		down, err := fs.ReadFile(sqlite.Migrations(), "001_create_tables.down.sql")
+		downs, err := fs.Glob(sqlite.Migrations(), "*.down.sql")
 		require.NoError(t, err)
-		exec(t, store.DB(), string(down))
+		slices.Reverse(downs)
+		for _, name := range downs {
+			down, err := fs.ReadFile(sqlite.Migrations(), name)
+			require.NoError(t, err)
+			exec(t, store.DB(), string(down))
+		}
 		require.Zero(t, count(t, store.DB(), "SELECT count(*) FROM sqlite_schema WHERE name IN ('processed', 'attempts', 'dead_letters')"))
 	})
 }

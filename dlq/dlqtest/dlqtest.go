@@ -38,6 +38,9 @@ func letter(consumer, eventID string) *dlq.DeadLetter {
 		CorrelationID: "corr-1",
 		TraceID:       "4bf92f3577b34da6a3ce929d0e0e4736",
 		SpanID:        "00f067aa0ba902b7",
+		Host:          "worker-7",
+		EventType:     "OrderPlaced",
+		EventVersion:  "2",
 	}
 }
 
@@ -75,7 +78,13 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		require.Equal(t, want.CorrelationID, got.CorrelationID)
 		require.Equal(t, want.TraceID, got.TraceID)
 		require.Equal(t, want.SpanID, got.SpanID)
+		require.Equal(t, want.Host, got.Host)
+		require.Equal(t, want.EventType, got.EventType)
+		require.Equal(t, want.EventVersion, got.EventVersion)
 		require.Equal(t, dlq.StatusPending, got.Status)
+		require.NotEmpty(t, got.History, "a dead letter has at least its last error in its history")
+		require.Equal(t, want.Error, got.History[0].Error)
+		require.False(t, got.History[0].At.IsZero())
 	})
 
 	t.Run("EmptyPayloadAndMetadata", func(t *testing.T) {

@@ -56,6 +56,7 @@ func (s *MemoryStore) Put(ctx context.Context, d *dlq.DeadLetter) (bool, error) 
 		c.Metadata = map[string]string{}
 	}
 	c.Status, c.LastFailedAt, c.DeadLetteredAt = dlq.StatusPending, now, now
+	c.History = []dlq.Failure{{At: now, Error: d.Error}}
 	if exists {
 		c.ID, c.Count, c.FirstFailedAt = old.ID, old.Count+1, old.FirstFailedAt
 	} else {
