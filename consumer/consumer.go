@@ -45,6 +45,11 @@ type Config struct {
 	// (the attempt count, the dead letter); they run detached from the delivery's
 	// cancellation. Defaults to middleware.DefaultBookkeepingTimeout.
 	BookkeepingTimeout time.Duration
+	// Alerts is told of every dead letter once it committed: use a *dlq.Dispatcher,
+	// which aggregates alerts per failure group and never blocks consumption, and
+	// close it on shutdown. Defaults to nil: dead letters are logged at error level
+	// ("idem: message dead-lettered") and nothing else.
+	Alerts middleware.Notifier
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -114,6 +119,7 @@ func (c *Consumer) Wrap(name string, h message.HandlerFunc) message.HandlerFunc 
 		Consumer: name,
 		KeyFunc:  cfg.KeyFunc,
 		Timeout:  cfg.BookkeepingTimeout,
+		Alerts:   cfg.Alerts,
 		Logger:   cfg.Logger,
 	})
 	retrying, _ := middleware.Retry(middleware.RetryConfig{

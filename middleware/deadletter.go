@@ -55,8 +55,18 @@ type DeadLetterConfig struct {
 	// cancellation so that a shutdown cannot cut it short. Defaults to
 	// DefaultBookkeepingTimeout.
 	Timeout time.Duration
+	// Alerts is told of every dead letter once it committed; *dlq.Dispatcher turns
+	// them into aggregated alerts without ever blocking. Defaults to nil: the
+	// dead-lettering is only logged, at error level.
+	Alerts Notifier
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+}
+
+// Notifier is told of each dead letter after it committed. Notify must not block;
+// *dlq.Dispatcher implements it.
+type Notifier interface {
+	Notify(d *dlq.DeadLetter)
 }
 
 // DeadLetter decides each delivery's final outcome. Success and duplicates are acked.
@@ -82,6 +92,7 @@ func DeadLetter(cfg DeadLetterConfig) (message.HandlerMiddleware, error) {
 		keyFunc:     cfg.KeyFunc,
 		fingerprint: cfg.FingerprintFunc,
 		timeout:     cmp.Or(cfg.Timeout, DefaultBookkeepingTimeout),
+		alerts:      cfg.Alerts,
 		logger:      cmp.Or(cfg.Logger, slog.Default()),
 	}
 	if dl.fingerprint == nil {
@@ -100,6 +111,7 @@ type deadLetterer struct {
 	timeout     time.Duration
 	logger      *slog.Logger
 	host        string
+	alerts      Notifier
 	// deferrals counts consecutive deliveries handed back for reasons that are not the
 	// message's fault; it paces consumption while they go on.
 	deferrals atomic.Int64
@@ -193,6 +205,9 @@ func (dl *deadLetterer) deadLetter(msg *message.Message, d *delivery, reason dlq
 	}
 	d.outcome = dedup.DeadLettered
 	dl.deferrals.Store(0)
+	if dl.alerts != nil {
+		dl.alerts.Notify(letter)
+	}
 	dl.logger.LogAttrs(ctx, slog.LevelError, "idem: message dead-lettered",
 		append(logAttrs(msg, d),
 			slog.String("reason", string(reason)), slog.Int("attempts", attempts),
