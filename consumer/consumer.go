@@ -45,6 +45,12 @@ type Config struct {
 	// (the attempt count, the dead letter); they run detached from the delivery's
 	// cancellation. Defaults to middleware.DefaultBookkeepingTimeout.
 	BookkeepingTimeout time.Duration
+	// CrashGuard, when above 0, is how many deliveries of one event may start and
+	// never finish (the process crashed, was killed, or hung) before the event is
+	// dead-lettered as crash-looped without running the handler again. It costs one
+	// short write per delivery; the store must implement dedup.StartRecorder (both
+	// postgres.Store and sqlite.Store do). Defaults to 0: off.
+	CrashGuard int
 	// Alerts is told of every dead letter once it committed: use a *dlq.Dispatcher,
 	// which aggregates alerts per failure group and never blocks consumption, and
 	// close it on shutdown. Defaults to nil: dead letters are logged at error level
@@ -83,6 +89,12 @@ func (c Config) validate() error {
 		}
 		return fmt.Errorf("consumer: Config.Retry.MaxElapsedTime %s must be shorter than Config.AckDeadline %s: "+
 			"the broker would redeliver the message while it is still being retried; lower Retry.MaxElapsedTime or raise the subscriber's ack deadline", budget, c.AckDeadline)
+	}
+	if c.CrashGuard < 0 {
+		return fmt.Errorf("consumer: Config.CrashGuard must not be negative, got %d", c.CrashGuard)
+	}
+	if _, ok := c.Store.(dedup.StartRecorder); c.CrashGuard > 0 && !ok {
+		return fmt.Errorf("consumer: Config.CrashGuard needs a store that counts started deliveries (dedup.StartRecorder); %T does not", c.Store)
 	}
 	if c.BookkeepingTimeout < 0 {
 		return fmt.Errorf("consumer: Config.BookkeepingTimeout must not be negative, got %s", c.BookkeepingTimeout)
@@ -135,7 +147,19 @@ func (c *Consumer) Wrap(name string, h message.HandlerFunc) message.HandlerFunc 
 		Timeout:  cfg.BookkeepingTimeout,
 		Logger:   cfg.Logger,
 	})
-	stack := []message.HandlerMiddleware{middleware.Correlation, deadLetter, retrying, dedupe, middleware.Recover}
+	stack := []message.HandlerMiddleware{middleware.Correlation, deadLetter}
+	if cfg.CrashGuard > 0 {
+		guard, _ := middleware.CrashGuard(middleware.CrashGuardConfig{
+			Store:      cfg.Store.(dedup.StartRecorder),
+			Deliveries: cfg.CrashGuard,
+			Consumer:   name,
+			KeyFunc:    cfg.KeyFunc,
+			Timeout:    cfg.BookkeepingTimeout,
+			Logger:     cfg.Logger,
+		})
+		stack = append(stack, guard)
+	}
+	stack = append(stack, retrying, dedupe, middleware.Recover)
 	for i := len(stack) - 1; i >= 0; i-- {
 		h = stack[i](h)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemkit/idem/consumer"
+	"github.com/idemkit/idem/dedup"
 	"github.com/idemkit/idem/dlq"
 	"github.com/idemkit/idem/internal/testdb"
 	"github.com/idemkit/idem/postgres"
@@ -419,4 +420,10 @@ func testdbStore(t testing.TB, ignoreSubscriberTx bool) (*postgres.Store, *pgxpo
 	store, err := postgres.New(pool, postgres.Config{Schema: testdb.Schema(t, pool), IgnoreSubscriberTx: ignoreSubscriberTx})
 	require.NoError(t, err)
 	return store, pool
+}
+
+func testdbURL() string { return testdb.URL() }
+
+func dedupKey(consumerName, eventID string) dedup.Key {
+	return dedup.Key{Consumer: consumerName, EventID: eventID}
 }

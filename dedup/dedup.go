@@ -159,3 +159,17 @@ func DerivedKey(msg *message.Message) string {
 	h.Write(msg.Payload)
 	return "derived:" + hex.EncodeToString(h.Sum(nil))
 }
+
+// StartRecorder is implemented by stores that support the opt-in crash guard, which
+// counts deliveries before the handler runs so that a message that crashes the
+// process is recognised without running it again. Implementations must be safe for
+// concurrent use.
+type StartRecorder interface {
+	// StartAttempt counts one started delivery of key in its own short transaction,
+	// and returns how many deliveries of key started since one last finished,
+	// counting this one. It returns 0, counting nothing, when key was processed.
+	StartAttempt(ctx context.Context, key Key) (started int, err error)
+	// FinishAttempt records that a delivery of key ended without crashing, so that
+	// the next one counts from 1 again.
+	FinishAttempt(ctx context.Context, key Key) error
+}

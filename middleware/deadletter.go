@@ -136,6 +136,8 @@ func (dl *deadLetterer) middleware(h message.HandlerFunc) message.HandlerFunc {
 		switch {
 		case msg.Context().Err() != nil || class == retry.ClassInfrastructure:
 			return dl.deferral(msg, d, err)
+		case errors.As(err, new(*CrashLoopError)):
+			return dl.deadLetter(msg, d, dlq.ReasonCrashLooped, err, max(d.failures, 1))
 		case class == retry.ClassPermanent:
 			return dl.deadLetter(msg, d, dlq.ReasonPermanent, err, max(d.failures, 1))
 		case d.failures >= dl.policy.MaxAttempts:
@@ -203,7 +205,7 @@ func (dl *deadLetterer) deadLetter(msg *message.Message, d *delivery, reason dlq
 	if err != nil {
 		return dl.deferral(msg, d, retry.Infrastructure(fmt.Errorf("storing the dead letter failed, the message goes back to the broker: %w (the message failed with: %v)", err, cause)))
 	}
-	d.outcome = dedup.DeadLettered
+	d.outcome, d.letter = dedup.DeadLettered, letter
 	dl.deferrals.Store(0)
 	if dl.alerts != nil {
 		dl.alerts.Notify(letter)

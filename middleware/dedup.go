@@ -65,13 +65,30 @@ func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
 			d.recorded = true
 			ctx := msg.Context()
 			var produced []*message.Message
+			var timing attemptTiming
+			start := time.Now()
 			claimed, err := cfg.Store.Run(ctx, d.key, func(txCtx context.Context) error {
+				handlerStart := time.Now()
+				timing.claim, timing.ran = handlerStart.Sub(start), true
 				msg.SetContext(txCtx)
 				defer msg.SetContext(ctx)
 				var herr error
 				produced, herr = h(msg)
+				timing.handler, timing.handlerErr = time.Since(handlerStart), herr != nil
 				return herr
 			})
+			if !timing.ran {
+				timing.claim = time.Since(start)
+			}
+			switch {
+			case !timing.ran && err == nil:
+				timing.result = claimDuplicate
+			case timing.ran:
+				timing.result = claimNew
+			default:
+				timing.result = claimFailed
+			}
+			d.addTiming(timing)
 			switch {
 			case err == nil && !claimed:
 				d.outcome = dedup.Duplicate

@@ -3,15 +3,22 @@ package middleware
 import (
 	"context"
 	"log/slog"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/idemkit/idem/dedup"
+	"github.com/idemkit/idem/dlq"
+	"github.com/idemkit/idem/retry"
 )
 
 // delivery is what idem's middleware learn about one delivery of a message, shared
 // between them through the message context.
 type delivery struct {
+	// msg is the message this state belongs to: a context handed on to another message
+	// (gochannel's PreserveContext, a handler that gives its produced messages its own
+	// context) must not make that message share it.
+	msg    *message.Message
 	keyed  bool
 	key    dedup.Key
 	keyErr error
@@ -23,6 +30,67 @@ type delivery struct {
 	// attempt is the 1-based attempt within this delivery.
 	attempt int
 	outcome dedup.Outcome
+
+	// What Trace and Metrics report once the delivery ends. failed lists the failed
+	// attempts, oldest first (Retry); retries counts the in-process retries (Retry);
+	// letter is the dead letter stored (DeadLetter); timings lists each attempt's claim
+	// and handler durations (Dedup), only when timed (Metrics asks for them).
+	failed  []attemptFailure
+	retries int
+	letter  *dlq.DeadLetter
+	timed   bool
+	timings []attemptTiming
+	timing0 [1]attemptTiming // backs timings for the common single attempt
+}
+
+// attemptFailure is one failed attempt of a delivery.
+type attemptFailure struct {
+	attempt int
+	err     error
+	at      time.Time
+	// wait is the backoff before the next attempt; zero when there was none.
+	wait time.Duration
+}
+
+// attemptTiming is what one attempt spent claiming the event and in the handler.
+type attemptTiming struct {
+	claim  time.Duration
+	result claimResult
+	// handler is the time the handler ran; handlerErr its error. ran is false when
+	// the handler did not run (a duplicate, a failed claim).
+	handler    time.Duration
+	handlerErr bool
+	ran        bool
+}
+
+// claimResult is how claiming the event in the dedup store ended.
+type claimResult uint8
+
+const (
+	claimNew claimResult = iota + 1
+	claimDuplicate
+	claimFailed
+)
+
+func (r claimResult) String() string {
+	switch r {
+	case claimNew:
+		return "claimed"
+	case claimDuplicate:
+		return "duplicate"
+	}
+	return "error"
+}
+
+// addTiming records one attempt's timing when Metrics asked for it.
+func (d *delivery) addTiming(t attemptTiming) {
+	if !d.timed {
+		return
+	}
+	if d.timings == nil {
+		d.timings = d.timing0[:0]
+	}
+	d.timings = append(d.timings, t)
 }
 
 type deliveryKey struct{}
@@ -30,10 +98,10 @@ type deliveryKey struct{}
 // deliveryOf returns the delivery state of msg, creating it on first use.
 func deliveryOf(msg *message.Message) *delivery {
 	ctx := msg.Context()
-	if d, ok := ctx.Value(deliveryKey{}).(*delivery); ok {
+	if d, ok := ctx.Value(deliveryKey{}).(*delivery); ok && d.msg == msg {
 		return d
 	}
-	d := &delivery{attempt: 1}
+	d := &delivery{msg: msg, attempt: 1}
 	msg.SetContext(context.WithValue(ctx, deliveryKey{}, d))
 	return d
 }
@@ -73,6 +141,34 @@ func Attempt(ctx context.Context) (int, bool) {
 		return 0, false
 	}
 	return d.attempt, true
+}
+
+// Outcome returns how the delivery of the message being handled ended, once idem's
+// middleware decided it: processed, duplicate, retried, dead-lettered or deferred (see
+// dedup.Outcome). Read it from middleware that wraps idem's stack (a router-level
+// middleware), after the wrapped handler returned; while the handler runs, and outside
+// a delivery, ok is false.
+func Outcome(ctx context.Context) (dedup.Outcome, bool) {
+	d, ok := ctx.Value(deliveryKey{}).(*delivery)
+	if !ok || d.outcome == 0 {
+		return 0, false
+	}
+	return d.outcome, true
+}
+
+// finalOutcome is the delivery's outcome once the stack below returned err: the one
+// DeadLetter (or Dedup) decided, or, in a stack assembled without DeadLetter, the one
+// err implies.
+func finalOutcome(ctx context.Context, d *delivery, err error) dedup.Outcome {
+	switch {
+	case d.outcome != 0:
+		return d.outcome
+	case err == nil:
+		return dedup.Processed
+	case ctx.Err() != nil || retry.Classify(err) == retry.ClassInfrastructure:
+		return dedup.Deferred
+	}
+	return dedup.Retried
 }
 
 // EventKey returns the dedup key of the message being handled.

@@ -60,6 +60,7 @@ func Retry(cfg RetryConfig) (message.HandlerMiddleware, error) {
 				if err == nil {
 					return produced, nil
 				}
+				d.failed = append(d.failed, attemptFailure{attempt: attempt, err: err, at: time.Now()})
 				if ctx.Err() != nil || p.Class(err) != retry.ClassTransient {
 					return nil, err
 				}
@@ -73,6 +74,7 @@ func Retry(cfg RetryConfig) (message.HandlerMiddleware, error) {
 				if hasDeadline && !time.Now().Add(wait).Before(deadline) {
 					return nil, err // hand it back to the broker; the attempts so far stay counted
 				}
+				d.failed[len(d.failed)-1].wait = wait
 				attrs := append(logAttrs(msg, d),
 					slog.Int("attempt", attempt), slog.Int("failures", d.failures),
 					slog.Duration("wait", wait), slog.String("error", err.Error()))
@@ -84,6 +86,7 @@ func Retry(cfg RetryConfig) (message.HandlerMiddleware, error) {
 					t.Stop()
 					return nil, err
 				}
+				d.retries++
 			}
 		}
 	}, nil

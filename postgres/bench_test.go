@@ -98,11 +98,17 @@ func BenchmarkHandWrittenHandler(b *testing.B) {
 	}
 }
 
-func BenchmarkIdemHandler(b *testing.B) {
+func BenchmarkIdemHandler(b *testing.B) { benchmarkIdem(b, 0) }
+
+// BenchmarkIdemHandlerCrashGuard is BenchmarkIdemHandler with the crash guard on: the
+// cost of counting each delivery before the handler runs.
+func BenchmarkIdemHandlerCrashGuard(b *testing.B) { benchmarkIdem(b, 3) }
+
+func benchmarkIdem(b *testing.B, crashGuard int) {
 	for _, conc := range []int{1, 8} {
 		b.Run(fmt.Sprintf("concurrency=%d", conc), func(b *testing.B) {
 			store, _, effects := benchSetup(b, int32(conc))
-			c, err := consumer.New(consumer.Config{Store: store, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			c, err := consumer.New(consumer.Config{Store: store, CrashGuard: crashGuard, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 			if err != nil {
 				b.Fatal(err)
 			}

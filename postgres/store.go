@@ -70,12 +70,13 @@ type Store struct {
 }
 
 var (
-	_ dedup.Store = (*Store)(nil)
-	_ dlq.Store   = (*Store)(nil)
+	_ dedup.Store         = (*Store)(nil)
+	_ dlq.Store           = (*Store)(nil)
+	_ dedup.StartRecorder = (*Store)(nil)
 )
 
 type queries struct {
-	claim, recordFailure, putDeadLetter string
+	claim, recordFailure, putDeadLetter, startAttempt, finishAttempt string
 }
 
 // New returns a Store on pool. It runs no SQL: create the schema first with [Migrate]
@@ -105,7 +106,14 @@ ON CONFLICT (consumer, event_id) DO UPDATE SET
     last_error      = EXCLUDED.last_error,
     errors          = jsonb_path_query_array(EXCLUDED.errors || a.errors, '$[0 to $n]', jsonb_build_object('n', $4::int - 1))
 RETURNING attempts`,
-		putDeadLetter: `INSERT INTO ` + q + `.dead_letters AS d
+		startAttempt: `INSERT INTO ` + q + `.started AS s (consumer, event_id, started)
+SELECT $1, $2, 1
+WHERE NOT EXISTS (SELECT 1 FROM ` + q + `.processed WHERE consumer = $1 AND event_id = $2)
+ON CONFLICT (consumer, event_id) DO UPDATE SET started = s.started + 1, last_started_at = now()
+RETURNING started`,
+		finishAttempt: `DELETE FROM ` + q + `.started WHERE consumer = $1 AND event_id = $2`,
+		putDeadLetter: `WITH reset AS (DELETE FROM ` + q + `.started WHERE consumer = $1 AND event_id = $2)
+INSERT INTO ` + q + `.dead_letters AS d
     (consumer, event_id, topic, handler, message_uuid, payload, metadata, reason, error,
      fingerprint, attempts, correlation_id, trace_id, span_id, host, event_type, event_version,
      history, first_failed_at, last_failed_at)
@@ -271,7 +279,29 @@ func (s *Store) RecordFailure(ctx context.Context, key dedup.Key, cause string) 
 	return n, nil
 }
 
-// Put stores a dead letter, or updates the one of the same event; see dlq.Store.
+// StartAttempt counts a started delivery for the crash guard; see dedup.StartRecorder.
+func (s *Store) StartAttempt(ctx context.Context, key dedup.Key) (int, error) {
+	var n int
+	err := s.pool.QueryRow(ctx, s.sql.startAttempt, key.Consumer, key.EventID).Scan(&n)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil // processed already
+	}
+	if err != nil {
+		return 0, &storeError{Op: "count the start of " + key.String(), Err: err}
+	}
+	return n, nil
+}
+
+// FinishAttempt records that a delivery ended without crashing; see dedup.StartRecorder.
+func (s *Store) FinishAttempt(ctx context.Context, key dedup.Key) error {
+	if _, err := s.pool.Exec(ctx, s.sql.finishAttempt, key.Consumer, key.EventID); err != nil {
+		return &storeError{Op: "count the end of " + key.String(), Err: err}
+	}
+	return nil
+}
+
+// Put stores a dead letter, or updates the one of the same event; see dlq.Store. It
+// also resets the crash guard's count of the event, so that a replay starts afresh.
 func (s *Store) Put(ctx context.Context, d *dlq.DeadLetter) (bool, error) {
 	md, err := dlq.EncodeMetadata(d.Metadata)
 	if err != nil {

@@ -82,8 +82,9 @@ type Store struct {
 }
 
 var (
-	_ dedup.Store = (*Store)(nil)
-	_ dlq.Store   = (*Store)(nil)
+	_ dedup.Store         = (*Store)(nil)
+	_ dlq.Store           = (*Store)(nil)
+	_ dedup.StartRecorder = (*Store)(nil)
 )
 
 // Open opens the database file at path, creating it when it does not exist (its
@@ -366,6 +367,35 @@ func (s *Store) RecordFailure(ctx context.Context, key dedup.Key, cause string) 
 	return n, nil
 }
 
+// StartAttempt counts a started delivery for the crash guard; see dedup.StartRecorder.
+func (s *Store) StartAttempt(ctx context.Context, key dedup.Key) (int, error) {
+	var n int
+	err := s.write(ctx, "count the start of "+key.String(), func(tx *sql.Tx) error {
+		err := tx.QueryRowContext(ctx, `INSERT INTO started AS s (consumer, event_id, started)
+SELECT ?1, ?2, 1
+WHERE NOT EXISTS (SELECT 1 FROM processed WHERE consumer = ?1 AND event_id = ?2)
+ON CONFLICT (consumer, event_id) DO UPDATE SET started = s.started + 1, last_started_at = `+nowSQL+`
+RETURNING started`, key.Consumer, key.EventID).Scan(&n)
+		if errors.Is(err, sql.ErrNoRows) {
+			n = 0 // processed already
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// FinishAttempt records that a delivery ended without crashing; see dedup.StartRecorder.
+func (s *Store) FinishAttempt(ctx context.Context, key dedup.Key) error {
+	return s.write(ctx, "count the end of "+key.String(), func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, "DELETE FROM started WHERE consumer = ?1 AND event_id = ?2", key.Consumer, key.EventID)
+		return err
+	})
+}
+
 // Put stores a dead letter, or updates the one of the same event; see dlq.Store. The
 // payload is stored as a BLOB, byte for byte, and the metadata as JSON text
 // (dlq.EncodeMetadata).
@@ -380,6 +410,10 @@ func (s *Store) Put(ctx context.Context, d *dlq.DeadLetter) (bool, error) {
 	}
 	var status string
 	err = s.write(ctx, "store dead letter "+d.Consumer+"/"+d.EventID, func(tx *sql.Tx) error {
+		// A replay of the event starts the crash guard's count afresh.
+		if _, err := tx.ExecContext(ctx, "DELETE FROM started WHERE consumer = ?1 AND event_id = ?2", d.Consumer, d.EventID); err != nil {
+			return err
+		}
 		return tx.QueryRowContext(ctx, s.sql.putDeadLetter,
 			d.Consumer, d.EventID, d.Topic, d.Handler, d.MessageUUID, payload, string(md),
 			string(d.Reason), d.Error, d.Fingerprint, d.Attempts, d.CorrelationID, d.TraceID, d.SpanID,

@@ -211,6 +211,35 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		require.True(t, claimed, "a cancelled attempt must not leave a claim behind")
 	})
 
+	t.Run("StartRecorder", func(t *testing.T) {
+		t.Parallel()
+		h := newHarness(t)
+		sr, ok := h.Store.(dedup.StartRecorder)
+		if !ok {
+			t.Skip("the store has no crash guard (dedup.StartRecorder)")
+		}
+		key := dedup.Key{Consumer: "c", EventID: "e1"}
+		for want := 1; want <= 3; want++ {
+			n, err := sr.StartAttempt(ctx, key)
+			require.NoError(t, err)
+			require.Equal(t, want, n)
+		}
+		require.NoError(t, sr.FinishAttempt(ctx, key))
+		n, err := sr.StartAttempt(ctx, key)
+		require.NoError(t, err)
+		require.Equal(t, 1, n, "a finished delivery resets the count")
+		n, err = sr.StartAttempt(ctx, dedup.Key{Consumer: "other", EventID: "e1"})
+		require.NoError(t, err)
+		require.Equal(t, 1, n, "counts are per consumer")
+
+		claimed, err := h.Store.Run(ctx, key, func(ctx context.Context) error { return h.Effect(ctx, "e1") })
+		require.NoError(t, err)
+		require.True(t, claimed)
+		n, err = sr.StartAttempt(ctx, key)
+		require.NoError(t, err)
+		require.Zero(t, n, "a processed event is never counted as crashing")
+	})
+
 	t.Run("LongAndUnicodeIDs", func(t *testing.T) {
 		t.Parallel()
 		h := newHarness(t)

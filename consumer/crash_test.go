@@ -1,0 +1,108 @@
+package consumer_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/idemkit/idem/consumer"
+	"github.com/idemkit/idem/dlq"
+	"github.com/idemkit/idem/postgres"
+)
+
+// The crash test runs this test binary again as a consumer process (crashChild) that
+// receives one message per run; its handler hangs, and the parent kills the process
+// mid-handler, as an OOM kill or a crash would.
+const crashChildEnv = "IDEM_TEST_CRASH_CHILD"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(crashChildEnv) != "" {
+		os.Exit(crashChild())
+	}
+	os.Exit(m.Run())
+}
+
+func crashChild() int {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, os.Getenv("TEST_DATABASE_URL"))
+	if err != nil {
+		fmt.Println("error:", err)
+		return 2
+	}
+	defer pool.Close()
+	store, err := postgres.New(pool, postgres.Config{Schema: os.Getenv(crashChildEnv)})
+	if err != nil {
+		fmt.Println("error:", err)
+		return 2
+	}
+	c, err := consumer.New(consumer.Config{Store: store, CrashGuard: 3, Logger: discardLogger()})
+	if err != nil {
+		fmt.Println("error:", err)
+		return 2
+	}
+	h := c.WrapConsumer("orders", func(msg *message.Message) error {
+		fmt.Println("in handler")
+		select {} // hang until killed
+	})
+	if err := h(newMessage("evt-crash", "boom")); err != nil {
+		fmt.Println("nacked:", err)
+		return 1
+	}
+	fmt.Println("acked")
+	return 0
+}
+
+func TestCrashLoopingMessageIsDeadLettered(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	run := func() (killed bool, out string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), crashChildEnv+"="+b.store.Schema(), "TEST_DATABASE_URL="+testdbURL())
+		stdout, err := cmd.StdoutPipe()
+		require.NoError(t, err)
+		require.NoError(t, cmd.Start())
+		var lines []string
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines = append(lines, sc.Text())
+			if sc.Text() == "in handler" {
+				require.NoError(t, cmd.Process.Kill()) // SIGKILL mid-handler
+				killed = true
+			}
+		}
+		_ = cmd.Wait()
+		return killed, strings.Join(lines, "\n")
+	}
+
+	for i := 1; i <= 3; i++ {
+		killed, out := run()
+		require.True(t, killed, "delivery %d runs the handler and dies in it; output:\n%s", i, out)
+		require.Zero(t, b.deadLetters(t))
+	}
+	killed, out := run()
+	require.False(t, killed, "the fourth delivery does not run the handler again")
+	require.Equal(t, "acked", out)
+
+	d, err := b.store.DeadLetter(context.Background(), "orders", "evt-crash")
+	require.NoError(t, err)
+	require.Equal(t, dlq.ReasonCrashLooped, d.Reason)
+	require.Equal(t, 3, d.Attempts)
+	require.Contains(t, d.Error, "never finished")
+
+	// The dead letter resets the count: a replay gets the handler run again.
+	n, err := b.store.StartAttempt(context.Background(), dedupKey("orders", "evt-crash"))
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+}
