@@ -56,6 +56,10 @@ type Config struct {
 	// close it on shutdown. Defaults to nil: dead letters are logged at error level
 	// ("idem: message dead-lettered") and nothing else.
 	Alerts middleware.Notifier
+	// DeadLetterTopic, when set, publishes every dead letter to a dead-letter topic
+	// after it committed: use a *dlq.TopicPublisher, and Run it alongside the router.
+	// Defaults to nil: dead letters stay in the store only.
+	DeadLetterTopic middleware.Notifier
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -70,6 +74,16 @@ func (c Config) withDefaults() Config {
 	c.BookkeepingTimeout = cmp.Or(c.BookkeepingTimeout, middleware.DefaultBookkeepingTimeout)
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 	return c
+}
+
+func (c Config) notifiers() []middleware.Notifier {
+	var ns []middleware.Notifier
+	for _, n := range []middleware.Notifier{c.Alerts, c.DeadLetterTopic} {
+		if n != nil {
+			ns = append(ns, n)
+		}
+	}
+	return ns
 }
 
 func (c Config) validate() error {
@@ -126,13 +140,13 @@ func (c *Consumer) Wrap(name string, h message.HandlerFunc) message.HandlerFunc 
 	cfg := c.cfg
 	// The constructors cannot fail here: New validated everything they check.
 	deadLetter, _ := middleware.DeadLetter(middleware.DeadLetterConfig{
-		Store:    cfg.Store,
-		Policy:   cfg.Retry,
-		Consumer: name,
-		KeyFunc:  cfg.KeyFunc,
-		Timeout:  cfg.BookkeepingTimeout,
-		Alerts:   cfg.Alerts,
-		Logger:   cfg.Logger,
+		Store:     cfg.Store,
+		Policy:    cfg.Retry,
+		Consumer:  name,
+		KeyFunc:   cfg.KeyFunc,
+		Timeout:   cfg.BookkeepingTimeout,
+		Notifiers: cfg.notifiers(),
+		Logger:    cfg.Logger,
 	})
 	retrying, _ := middleware.Retry(middleware.RetryConfig{
 		Policy:      cfg.Retry,

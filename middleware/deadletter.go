@@ -55,10 +55,11 @@ type DeadLetterConfig struct {
 	// cancellation so that a shutdown cannot cut it short. Defaults to
 	// DefaultBookkeepingTimeout.
 	Timeout time.Duration
-	// Alerts is told of every dead letter once it committed; *dlq.Dispatcher turns
-	// them into aggregated alerts without ever blocking. Defaults to nil: the
-	// dead-lettering is only logged, at error level.
-	Alerts Notifier
+	// Notifiers are told of every dead letter once it committed: *dlq.Dispatcher
+	// turns them into aggregated alerts, *dlq.TopicPublisher publishes them to a
+	// dead-letter topic; neither ever blocks. Defaults to none: the dead-lettering is
+	// only logged, at error level.
+	Notifiers []Notifier
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -92,7 +93,7 @@ func DeadLetter(cfg DeadLetterConfig) (message.HandlerMiddleware, error) {
 		keyFunc:     cfg.KeyFunc,
 		fingerprint: cfg.FingerprintFunc,
 		timeout:     cmp.Or(cfg.Timeout, DefaultBookkeepingTimeout),
-		alerts:      cfg.Alerts,
+		notifiers:   cfg.Notifiers,
 		logger:      cmp.Or(cfg.Logger, slog.Default()),
 	}
 	if dl.fingerprint == nil {
@@ -111,7 +112,7 @@ type deadLetterer struct {
 	timeout     time.Duration
 	logger      *slog.Logger
 	host        string
-	alerts      Notifier
+	notifiers   []Notifier
 	// deferrals counts consecutive deliveries handed back for reasons that are not the
 	// message's fault; it paces consumption while they go on.
 	deferrals atomic.Int64
@@ -207,8 +208,8 @@ func (dl *deadLetterer) deadLetter(msg *message.Message, d *delivery, reason dlq
 	}
 	d.outcome, d.letter = dedup.DeadLettered, letter
 	dl.deferrals.Store(0)
-	if dl.alerts != nil {
-		dl.alerts.Notify(letter)
+	for _, n := range dl.notifiers {
+		n.Notify(letter)
 	}
 	dl.logger.LogAttrs(ctx, slog.LevelError, "idem: message dead-lettered",
 		append(logAttrs(msg, d),

@@ -141,6 +141,7 @@ ON CONFLICT (consumer, event_id) DO UPDATE SET
     history          = EXCLUDED.history,
     last_failed_at   = EXCLUDED.last_failed_at,
     status           = 'pending',
+    published_at     = NULL,
     count            = d.count + 1,
     dead_lettered_at = now(),
     updated_at       = now()

@@ -219,6 +219,7 @@ ON CONFLICT (consumer, event_id) DO UPDATE SET
     history          = excluded.history,
     last_failed_at   = excluded.last_failed_at,
     status           = 'pending',
+    published_at     = NULL,
     count            = d.count + 1,
     dead_lettered_at = ` + nowSQL + `,
     updated_at       = ` + nowSQL + `

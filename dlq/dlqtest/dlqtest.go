@@ -154,6 +154,41 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		require.Equal(t, 8, got.Count)
 	})
 
+	t.Run("TopicStore", func(t *testing.T) {
+		t.Parallel()
+		h := newHarness(t)
+		ts, ok := h.Store.(dlq.TopicStore)
+		if !ok {
+			t.Skip("the store does not publish to a dead-letter topic (dlq.TopicStore)")
+		}
+		a, b := letter("billing", "evt-1"), letter("billing", "evt-2")
+		for _, d := range []*dlq.DeadLetter{a, b} {
+			_, err := h.Store.Put(ctx, d)
+			require.NoError(t, err)
+		}
+		ids := func() []int64 {
+			t.Helper()
+			got, err := ts.Unpublished(ctx, 10)
+			require.NoError(t, err)
+			var out []int64
+			for _, d := range got {
+				out = append(out, d.ID)
+			}
+			return out
+		}
+		require.Equal(t, []int64{a.ID, b.ID}, ids(), "oldest first")
+		got, err := ts.Unpublished(ctx, 1)
+		require.NoError(t, err)
+		require.Len(t, got, 1, "limit")
+		require.Equal(t, letter("billing", "evt-1").Payload, got[0].Payload)
+
+		require.NoError(t, ts.MarkPublished(ctx, a.ID))
+		require.Equal(t, []int64{b.ID}, ids())
+		_, err = h.Store.Put(ctx, letter("billing", "evt-1"))
+		require.NoError(t, err)
+		require.Equal(t, []int64{a.ID, b.ID}, ids(), "dead-lettered again: to be published again")
+	})
+
 	t.Run("GetMissing", func(t *testing.T) {
 		t.Parallel()
 		h := newHarness(t)

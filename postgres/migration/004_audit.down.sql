@@ -1,0 +1,1 @@
+DROP TABLE {{schema}}.dead_letter_audit;

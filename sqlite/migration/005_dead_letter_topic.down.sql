@@ -1,0 +1,2 @@
+DROP INDEX dead_letters_unpublished_idx;
+ALTER TABLE dead_letters DROP COLUMN published_at;
