@@ -14,7 +14,7 @@ const deadLetterColumns = `id, consumer, event_id, topic, handler, message_uuid,
     fingerprint, attempts, correlation_id, trace_id, span_id, host, event_type, event_version, history,
     status, count, first_failed_at, last_failed_at, dead_lettered_at`
 
-func scanDeadLetter(row *sql.Row) (*dlq.DeadLetter, error) {
+func scanDeadLetter(row interface{ Scan(dest ...any) error }) (*dlq.DeadLetter, error) {
 	var d dlq.DeadLetter
 	var md, reason, status, history string
 	err := row.Scan(&d.ID, &d.Consumer, &d.EventID, &d.Topic, &d.Handler, &d.MessageUUID, &d.Payload, &md, &reason, &d.Error,
