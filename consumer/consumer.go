@@ -5,9 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/idemkit/idem/dedup"
 	"github.com/idemkit/idem/dlq"
@@ -37,10 +41,19 @@ type Config struct {
 	// delivery).
 	Retry retry.Policy
 	// AckDeadline is how long the subscriber waits for an ack before it redelivers a
-	// message by itself (watermill-sql AckDeadline, NATS AckWait, Redis MaxIdleTime).
-	// In-process retrying stops before it, and a Retry.MaxElapsedTime longer than it
-	// is refused. Defaults to 0: no such deadline.
+	// message by itself: watermill-sql SubscriberConfig.AckDeadline (30s unless set;
+	// postgres.SubscriberAckDeadline reads it), NATS JetStream AckWaitTimeout, Redis
+	// Streams MaxIdleTime. In-process retrying stops before it. When it is set and
+	// Retry.MaxElapsedTime is not, MaxElapsedTime defaults to half of it; a retry
+	// budget that does not fit in it is refused (see HandlerTimeout). Defaults to 0:
+	// no such deadline.
 	AckDeadline time.Duration
+	// HandlerTimeout bounds each attempt of the handler: its context ends after it, and
+	// the attempt counts as a failure, so a handler that hangs is retried and in the
+	// end dead-lettered instead of being redelivered forever. With AckDeadline set,
+	// MaxAttempts handler timeouts plus the backoff waits must fit in it. Defaults to
+	// 0: no bound of its own.
+	HandlerTimeout time.Duration
 	// BookkeepingTimeout bounds the short writes idem makes when an attempt fails
 	// (the attempt count, the dead letter); they run detached from the delivery's
 	// cancellation. Defaults to middleware.DefaultBookkeepingTimeout.
@@ -60,11 +73,31 @@ type Config struct {
 	// after it committed: use a *dlq.TopicPublisher, and Run it alongside the router.
 	// Defaults to nil: dead letters stay in the store only.
 	DeadLetterTopic middleware.Notifier
-	// Logger defaults to slog.Default().
+	// TracerProvider makes one consumer span per delivery, and the producer spans of
+	// the messages handlers return (see middleware.Trace and middleware.Publisher).
+	// Defaults to otel.GetTracerProvider().
+	TracerProvider trace.TracerProvider
+	// MeterProvider receives idem's metrics (see middleware.Metrics), and, when the
+	// store can count its pending dead letters (postgres.Store and sqlite.Store can),
+	// the dead-letter backlog gauges. Defaults to otel.GetMeterProvider().
+	MeterProvider metric.MeterProvider
+	// Propagator reads and writes the trace context in message metadata. Defaults to
+	// otel.GetTextMapPropagator(), falling back on W3C Trace Context (traceparent,
+	// tracestate) while the global propagator propagates nothing.
+	Propagator propagation.TextMapPropagator
+	// MessagingSystem is the messaging.system attribute of spans: the transport
+	// ("kafka", "rabbitmq", "nats", "redis", "postgresql", …). Defaults to
+	// middleware.DefaultMessagingSystem ("watermill").
+	MessagingSystem string
+	// Logger defaults to slog.Default(). Wrap its handler in middleware.LogHandler to
+	// give every log line the correlation ID, event and trace of its message.
 	Logger *slog.Logger
 }
 
 func (c Config) withDefaults() Config {
+	if c.AckDeadline > 0 && c.Retry.MaxElapsedTime == 0 {
+		c.Retry.MaxElapsedTime = c.AckDeadline / 2
+	}
 	c.Retry = c.Retry.WithDefaults()
 	if c.Retry.Classify == nil {
 		if cl, ok := c.Store.(interface{ Classify(error) retry.Class }); ok {
@@ -74,6 +107,27 @@ func (c Config) withDefaults() Config {
 	c.BookkeepingTimeout = cmp.Or(c.BookkeepingTimeout, middleware.DefaultBookkeepingTimeout)
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 	return c
+}
+
+// retryBudget is the longest one delivery can spend in in-process retrying: the backoff
+// waits (each at its cap), bounded by MaxElapsedTime, plus a HandlerTimeout per attempt.
+func retryBudget(p retry.Policy, handlerTimeout time.Duration) (time.Duration, string) {
+	var waits time.Duration
+	for i := 1; i < p.MaxAttempts; i++ {
+		waits += p.Backoff(i)
+	}
+	parts := fmt.Sprintf("backoff waits up to %s", waits)
+	if p.MaxElapsedTime >= 0 && p.MaxElapsedTime < waits {
+		waits = p.MaxElapsedTime
+		parts = fmt.Sprintf("Retry.MaxElapsedTime %s", p.MaxElapsedTime)
+	} else if p.MaxElapsedTime < 0 {
+		parts += ", Retry.MaxElapsedTime unbounded (-1)"
+	}
+	if handlerTimeout <= 0 {
+		return waits, parts + ", no HandlerTimeout"
+	}
+	attempts := time.Duration(p.MaxAttempts) * handlerTimeout
+	return waits + attempts, fmt.Sprintf("%s + %d attempts × HandlerTimeout %s", parts, p.MaxAttempts, handlerTimeout)
 }
 
 func (c Config) notifiers() []middleware.Notifier {
@@ -96,13 +150,17 @@ func (c Config) validate() error {
 	if c.AckDeadline < 0 {
 		return fmt.Errorf("consumer: Config.AckDeadline must not be negative, got %s", c.AckDeadline)
 	}
-	if c.AckDeadline > 0 && (c.Retry.MaxElapsedTime < 0 || c.Retry.MaxElapsedTime >= c.AckDeadline) {
-		budget := "unbounded (-1)"
-		if c.Retry.MaxElapsedTime >= 0 {
-			budget = c.Retry.MaxElapsedTime.String()
+	if c.HandlerTimeout < 0 {
+		return fmt.Errorf("consumer: Config.HandlerTimeout must not be negative, got %s", c.HandlerTimeout)
+	}
+	if c.AckDeadline > 0 {
+		if budget, parts := retryBudget(c.Retry, c.HandlerTimeout); budget >= c.AckDeadline {
+			return fmt.Errorf("consumer: the retry budget of one delivery, %s (%s), is not shorter than Config.AckDeadline %s: "+
+				"the broker would redeliver the message while it is still being retried; lower Config.Retry.MaxElapsedTime, "+
+				"Config.Retry.MaxAttempts or Config.HandlerTimeout, or raise the subscriber's ack deadline "+
+				"(watermill-sql SubscriberConfig.AckDeadline, NATS AckWaitTimeout, Redis MaxIdleTime) and Config.AckDeadline with it",
+				budget, parts, c.AckDeadline)
 		}
-		return fmt.Errorf("consumer: Config.Retry.MaxElapsedTime %s must be shorter than Config.AckDeadline %s: "+
-			"the broker would redeliver the message while it is still being retried; lower Retry.MaxElapsedTime or raise the subscriber's ack deadline", budget, c.AckDeadline)
 	}
 	if c.CrashGuard < 0 {
 		return fmt.Errorf("consumer: Config.CrashGuard must not be negative, got %d", c.CrashGuard)
@@ -117,21 +175,70 @@ func (c Config) validate() error {
 }
 
 // Consumer wraps Watermill handlers in idem's middleware stack, always in this order,
-// outermost first: Correlation, DeadLetter, Retry, Dedup, Recover, then the handler.
+// outermost first: Correlation, Trace, Metrics, DeadLetter, Retry, Dedup, Recover,
+// then the handler.
 // Each handler's name is its consumer name: the dedup scope of its events, which must
 // be stable across deploys and never shared by two handlers. A Consumer is safe for
 // concurrent use; one Consumer serves any number of handlers.
 type Consumer struct {
-	cfg Config
+	cfg       Config
+	backlog   metric.Registration // the dead-letter backlog gauges, or nil
+	closeOnce sync.Once
+	closeErr  error
 }
 
-// New checks cfg and returns a Consumer. It runs no SQL.
+// New checks cfg and returns a Consumer. It runs no SQL. When cfg.Store can count its
+// pending dead letters (middleware.DeadLetterBacklog), New registers the gauges
+// idem.dead_letters.pending and idem.dead_letters.oldest_age on cfg.MeterProvider,
+// read from the store at each collection; [Consumer.Close] unregisters them.
 func New(cfg Config) (*Consumer, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Consumer{cfg: cfg}, nil
+	if _, err := middleware.Metrics(middleware.MetricsConfig{MeterProvider: cfg.MeterProvider}); err != nil {
+		return nil, fmt.Errorf("consumer: Config.MeterProvider: %w", err)
+	}
+	c := &Consumer{cfg: cfg}
+	if b, ok := cfg.Store.(middleware.DeadLetterBacklog); ok {
+		reg, err := middleware.ObserveDeadLetterBacklog(cfg.MeterProvider, b)
+		if err != nil {
+			return nil, fmt.Errorf("consumer: Config.MeterProvider: %w", err)
+		}
+		c.backlog = reg
+	}
+	return c, nil
+}
+
+// Close unregisters the dead-letter backlog gauges New registered. The Consumer's
+// handlers keep working. Close is safe to call more than once.
+func (c *Consumer) Close() error {
+	c.closeOnce.Do(func() {
+		if c.backlog == nil {
+			return
+		}
+		if err := c.backlog.Unregister(); err != nil {
+			c.closeErr = fmt.Errorf("consumer: unregister the dead-letter backlog gauges: %w", err)
+		}
+	})
+	return c.closeErr
+}
+
+// Publisher returns pub decorated with middleware.NewPublisher on the consumer's
+// tracer provider, propagator and messaging system: every message published through
+// it carries a correlation ID, a causation ID when published while handling an event,
+// and the trace context of a producer span. Publish from a handler with
+// PublishContext(msg.Context(), …).
+func (c *Consumer) Publisher(pub message.Publisher) *middleware.Publisher {
+	if p, ok := pub.(*middleware.Publisher); ok {
+		return p
+	}
+	p, _ := middleware.NewPublisher(pub, middleware.PublisherConfig{
+		TracerProvider: c.cfg.TracerProvider,
+		Propagator:     c.cfg.Propagator,
+		System:         c.cfg.MessagingSystem,
+	}) // cannot fail: pub is not nil here
+	return p
 }
 
 // Wrap returns h wrapped in the whole stack, with name as its consumer name. Use it to
@@ -149,9 +256,10 @@ func (c *Consumer) Wrap(name string, h message.HandlerFunc) message.HandlerFunc 
 		Logger:    cfg.Logger,
 	})
 	retrying, _ := middleware.Retry(middleware.RetryConfig{
-		Policy:      cfg.Retry,
-		AckDeadline: cfg.AckDeadline,
-		Logger:      cfg.Logger,
+		Policy:         cfg.Retry,
+		AckDeadline:    cfg.AckDeadline,
+		AttemptTimeout: cfg.HandlerTimeout,
+		Logger:         cfg.Logger,
 	})
 	dedupe, _ := middleware.Dedup(middleware.DedupConfig{
 		Store:    cfg.Store,
@@ -161,7 +269,18 @@ func (c *Consumer) Wrap(name string, h message.HandlerFunc) message.HandlerFunc 
 		Timeout:  cfg.BookkeepingTimeout,
 		Logger:   cfg.Logger,
 	})
-	stack := []message.HandlerMiddleware{middleware.Correlation, deadLetter}
+	tracing, _ := middleware.Trace(middleware.TraceConfig{
+		TracerProvider: cfg.TracerProvider,
+		Propagator:     cfg.Propagator,
+		System:         cfg.MessagingSystem,
+		Consumer:       name,
+	})
+	stack := []message.HandlerMiddleware{middleware.Correlation, tracing}
+	// New made the same instruments on the same provider: this cannot fail.
+	if metrics, err := middleware.Metrics(middleware.MetricsConfig{MeterProvider: cfg.MeterProvider, Consumer: name}); err == nil {
+		stack = append(stack, metrics)
+	}
+	stack = append(stack, deadLetter)
 	if cfg.CrashGuard > 0 {
 		guard, _ := middleware.CrashGuard(middleware.CrashGuardConfig{
 			Store:      cfg.Store.(dedup.StartRecorder),
@@ -192,10 +311,14 @@ func (c *Consumer) WrapConsumer(name string, h message.NoPublishHandlerFunc) mes
 // AddHandler registers h on r like message.Router.AddHandler, wrapped in the stack
 // with name as its consumer name. The messages h returns are published to
 // publishTopic after the event's transaction committed, with the correlation ID and
-// causation ID set.
+// causation ID set, through pub decorated as [Consumer.Publisher] does: each with a
+// producer span, a child of the delivery's consumer span.
 func (c *Consumer) AddHandler(r *message.Router, name, subscribeTopic string, sub message.Subscriber,
 	publishTopic string, pub message.Publisher, h message.HandlerFunc,
 ) *message.Handler {
+	if pub != nil {
+		pub = c.Publisher(pub)
+	}
 	return r.AddHandler(name, subscribeTopic, sub, publishTopic, pub, c.Wrap(name, h))
 }
 

@@ -409,7 +409,16 @@ func TestConfigIsValidated(t *testing.T) {
 	_, err = consumer.New(consumer.Config{Store: store, Retry: retry.Policy{Multiplier: 0.5}})
 	require.ErrorContains(t, err, "Multiplier")
 	_, err = consumer.New(consumer.Config{Store: store, AckDeadline: 10 * time.Second})
-	require.ErrorContains(t, err, "Retry.MaxElapsedTime 30s must be shorter than Config.AckDeadline 10s")
+	require.NoError(t, err, "with an ack deadline, MaxElapsedTime defaults to half of it")
+	_, err = consumer.New(consumer.Config{Store: store, AckDeadline: 10 * time.Second, HandlerTimeout: 3 * time.Second})
+	require.ErrorContains(t, err, "5 attempts × HandlerTimeout 3s")
+	require.ErrorContains(t, err, "is not shorter than Config.AckDeadline 10s")
+	_, err = consumer.New(consumer.Config{Store: store, AckDeadline: 10 * time.Second,
+		Retry: retry.Policy{MaxAttempts: 10, MaxElapsedTime: 20 * time.Second}})
+	require.ErrorContains(t, err, "Retry.MaxElapsedTime 20s")
+	require.ErrorContains(t, err, "watermill-sql SubscriberConfig.AckDeadline", "the error says which setting to change")
+	_, err = consumer.New(consumer.Config{Store: store, HandlerTimeout: -time.Second})
+	require.ErrorContains(t, err, "HandlerTimeout")
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
@@ -426,4 +435,21 @@ func testdbURL() string { return testdb.URL() }
 
 func dedupKey(consumerName, eventID string) dedup.Key {
 	return dedup.Key{Consumer: consumerName, EventID: eventID}
+}
+
+func TestHandlerTimeoutSpendsTheBudget(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c, err := consumer.New(consumer.Config{Store: b.store, Retry: fastPolicy(), HandlerTimeout: 20 * time.Millisecond, Logger: testLogger(t)})
+	require.NoError(t, err)
+	h := c.WrapConsumer("orders", func(msg *message.Message) error {
+		b.calls.Add(1)
+		<-msg.Context().Done() // hangs until its attempt times out
+		return msg.Context().Err()
+	})
+	require.NoError(t, deliver(h, newMessage("evt-1", "x")), "a handler that hangs ends dead-lettered, not redelivered forever")
+	require.Equal(t, int32(3), b.calls.Load())
+	dl := b.deadLetter(t, "orders", "evt-1")
+	require.Equal(t, string(dlq.ReasonExhausted), dl.Reason)
+	require.Equal(t, 3, dl.Attempts)
 }

@@ -97,7 +97,7 @@ func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
 			case err == nil:
 				d.outcome = dedup.Processed
 				return produced, nil
-			case ctx.Err() != nil || classify(err) == retry.ClassInfrastructure:
+			case deliveryEnded(ctx) || classify(err) == retry.ClassInfrastructure:
 				return nil, err // not the message's fault: its budget is not spent
 			}
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)

@@ -2,6 +2,8 @@ package middleware
 
 import (
 	"cmp"
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -20,8 +22,24 @@ type RetryConfig struct {
 	// process retrying stops before a wait would cross it, and before the delivery's
 	// context deadline, whichever comes first. Defaults to 0: no deadline known.
 	AckDeadline time.Duration
+	// AttemptTimeout bounds each attempt: the handler's context ends after it, with
+	// the cause [ErrAttemptTimeout], and the attempt counts as a transient failure
+	// (unlike the end of the delivery's own context, which is not the message's
+	// fault). Keep it, times the attempts, within the ack deadline. Defaults to 0: no
+	// bound of its own.
+	AttemptTimeout time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+}
+
+// ErrAttemptTimeout is the cause of the context of an attempt that ran longer than
+// RetryConfig.AttemptTimeout.
+var ErrAttemptTimeout = errors.New("middleware: the attempt ran longer than its AttemptTimeout")
+
+// deliveryEnded reports whether ctx ended for a reason that is not the message's fault
+// (shutdown, the ack deadline), as opposed to its attempt timing out.
+func deliveryEnded(ctx context.Context) bool {
+	return ctx.Err() != nil && !errors.Is(context.Cause(ctx), ErrAttemptTimeout)
 }
 
 // Retry tries a failing handler again in-process, after a backoff with full jitter that
@@ -38,6 +56,9 @@ func Retry(cfg RetryConfig) (message.HandlerMiddleware, error) {
 	}
 	if cfg.AckDeadline < 0 {
 		return nil, fmt.Errorf("middleware: RetryConfig.AckDeadline must not be negative, got %s", cfg.AckDeadline)
+	}
+	if cfg.AttemptTimeout < 0 {
+		return nil, fmt.Errorf("middleware: RetryConfig.AttemptTimeout must not be negative, got %s", cfg.AttemptTimeout)
 	}
 	logger := cmp.Or(cfg.Logger, slog.Default())
 	return func(h message.HandlerFunc) message.HandlerFunc {
@@ -56,7 +77,7 @@ func Retry(cfg RetryConfig) (message.HandlerMiddleware, error) {
 			}
 			for attempt := 1; ; attempt++ {
 				d.attempt = attempt
-				produced, err := h(msg)
+				produced, err := runAttempt(msg, h, cfg.AttemptTimeout)
 				if err == nil {
 					return produced, nil
 				}
@@ -90,4 +111,17 @@ func Retry(cfg RetryConfig) (message.HandlerMiddleware, error) {
 			}
 		}
 	}, nil
+}
+
+// runAttempt calls h once, within timeout when it is positive.
+func runAttempt(msg *message.Message, h message.HandlerFunc, timeout time.Duration) ([]*message.Message, error) {
+	if timeout <= 0 {
+		return h(msg)
+	}
+	ctx := msg.Context()
+	actx, cancel := context.WithTimeoutCause(ctx, timeout, ErrAttemptTimeout)
+	defer cancel()
+	msg.SetContext(actx)
+	defer msg.SetContext(ctx)
+	return h(msg)
 }

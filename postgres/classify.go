@@ -42,6 +42,11 @@ func Classify(err error) retry.Class {
 	if errors.As(err, &pgErr) {
 		return classifySQLState(pgErr.Code)
 	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		// A timeout: the default rules decide (it satisfies net.Error, but says
+		// nothing about the connection).
+		return retry.ClassUnknown
+	}
 	if connectionError(err) {
 		return retry.ClassInfrastructure
 	}
