@@ -1,0 +1,242 @@
+package middleware
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/idemkit/idem/dedup"
+	"github.com/idemkit/idem/dlq"
+)
+
+// durationBuckets are the histogram boundaries of idem's durations, in seconds: from a
+// SQLite claim (well under a millisecond) to a delivery retried for its whole budget.
+var durationBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
+
+// MetricsConfig configures [Metrics].
+type MetricsConfig struct {
+	// MeterProvider makes the instruments. Defaults to otel.GetMeterProvider().
+	MeterProvider metric.MeterProvider
+	// Consumer names the dedup scope, the consumer attribute. Defaults to the Watermill
+	// handler name.
+	Consumer string
+}
+
+// Metrics measures every delivery through the OpenTelemetry metric API, with
+// low-cardinality attributes only (consumer, topic, outcome, result, reason; never
+// event IDs or payloads):
+//
+//   - idem.messages: deliveries by outcome, each counted exactly once;
+//   - idem.delivery.duration: time from the delivery entering the stack below to its
+//     outcome, every attempt and backoff wait included;
+//   - idem.handler.duration: time in the handler, per attempt;
+//   - idem.claim.duration: time claiming the event in the dedup store, per attempt;
+//   - idem.retries: in-process retries;
+//   - idem.dead_letters: dead letters stored, by reason.
+//
+// docs/observability.md describes each. The per-attempt durations come from [Dedup],
+// the retries from [Retry] and the outcome from [DeadLetter]: place Metrics outside
+// them, as the consumer package does (DESIGN §2). It is safe for concurrent use.
+func Metrics(cfg MetricsConfig) (message.HandlerMiddleware, error) {
+	mp := cfg.MeterProvider
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	meter := mp.Meter(instrumentationScope)
+	m := &meters{consumer: cfg.Consumer, sets: map[attrKey]*attrSets{}}
+	var err error
+	if m.messages, err = meter.Int64Counter("idem.messages",
+		metric.WithDescription("Deliveries by how they ended: processed, duplicate, retried, dead-lettered or deferred."),
+		metric.WithUnit("{message}")); err != nil {
+		return nil, fmt.Errorf("middleware: create idem.messages: %w", err)
+	}
+	if m.delivery, err = meter.Float64Histogram("idem.delivery.duration",
+		metric.WithDescription("Time from a delivery entering idem's stack to its outcome, every attempt and backoff wait included."),
+		metric.WithUnit("s"), metric.WithExplicitBucketBoundaries(durationBuckets...)); err != nil {
+		return nil, fmt.Errorf("middleware: create idem.delivery.duration: %w", err)
+	}
+	if m.handler, err = meter.Float64Histogram("idem.handler.duration",
+		metric.WithDescription("Time the handler ran, per attempt."),
+		metric.WithUnit("s"), metric.WithExplicitBucketBoundaries(durationBuckets...)); err != nil {
+		return nil, fmt.Errorf("middleware: create idem.handler.duration: %w", err)
+	}
+	if m.claim, err = meter.Float64Histogram("idem.claim.duration",
+		metric.WithDescription("Time claiming the event in the dedup store (begin and insert), per attempt."),
+		metric.WithUnit("s"), metric.WithExplicitBucketBoundaries(durationBuckets...)); err != nil {
+		return nil, fmt.Errorf("middleware: create idem.claim.duration: %w", err)
+	}
+	if m.retries, err = meter.Int64Counter("idem.retries",
+		metric.WithDescription("In-process retries: attempts after a failed one within the same delivery."),
+		metric.WithUnit("{retry}")); err != nil {
+		return nil, fmt.Errorf("middleware: create idem.retries: %w", err)
+	}
+	if m.deadLetters, err = meter.Int64Counter("idem.dead_letters",
+		metric.WithDescription("Dead letters stored, by reason."),
+		metric.WithUnit("{dead_letter}")); err != nil {
+		return nil, fmt.Errorf("middleware: create idem.dead_letters: %w", err)
+	}
+	return m.middleware, nil
+}
+
+type meters struct {
+	consumer    string
+	messages    metric.Int64Counter
+	delivery    metric.Float64Histogram
+	handler     metric.Float64Histogram
+	claim       metric.Float64Histogram
+	retries     metric.Int64Counter
+	deadLetters metric.Int64Counter
+
+	mu   sync.RWMutex
+	sets map[attrKey]*attrSets
+}
+
+type attrKey struct{ consumer, topic string }
+
+// attrSets are the attribute sets of one consumer and topic, made once: building an
+// attribute set allocates, and every delivery needs several.
+type attrSets struct {
+	base    metric.MeasurementOption
+	outcome [dedup.Deferred + 1]metric.MeasurementOption
+	claim   [claimFailed + 1]metric.MeasurementOption
+	handler [2]metric.MeasurementOption // ok, error
+
+	mu         sync.Mutex
+	reason     map[dlq.Reason]metric.MeasurementOption
+	reasonWith func(...attribute.KeyValue) metric.MeasurementOption
+}
+
+func (m *meters) attrs(consumer, topic string) *attrSets {
+	k := attrKey{consumer, topic}
+	m.mu.RLock()
+	s := m.sets[k]
+	m.mu.RUnlock()
+	if s != nil {
+		return s
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if s = m.sets[k]; s != nil {
+		return s
+	}
+	c, t := attribute.String("consumer", consumer), attribute.String("topic", topic)
+	with := func(kv ...attribute.KeyValue) metric.MeasurementOption {
+		return metric.WithAttributeSet(attribute.NewSet(append([]attribute.KeyValue{c, t}, kv...)...))
+	}
+	s = &attrSets{base: with(), reason: map[dlq.Reason]metric.MeasurementOption{}}
+	for o := dedup.Processed; o <= dedup.Deferred; o++ {
+		s.outcome[o] = with(attribute.String("outcome", o.String()))
+	}
+	for r := claimNew; r <= claimFailed; r++ {
+		s.claim[r] = with(attribute.String("result", r.String()))
+	}
+	s.handler[0] = with(attribute.String("result", "ok"))
+	s.handler[1] = with(attribute.String("result", "error"))
+	s.reasonWith = with
+	m.sets[k] = s
+	return s
+}
+
+func (s *attrSets) forReason(r dlq.Reason) metric.MeasurementOption {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	o, ok := s.reason[r]
+	if !ok {
+		o = s.reasonWith(attribute.String("reason", string(r)))
+		s.reason[r] = o
+	}
+	return o
+}
+
+func (m *meters) middleware(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		d := deliveryOf(msg)
+		d.timed = true
+		start := time.Now()
+		produced, err := h(msg)
+		took := time.Since(start)
+
+		ctx := msg.Context()
+		consumer := d.key.Consumer
+		if !d.keyed {
+			consumer = consumerName(ctx, m.consumer)
+		}
+		s := m.attrs(consumer, message.SubscribeTopicFromCtx(ctx))
+		outcome := finalOutcome(ctx, d, err)
+		m.messages.Add(ctx, 1, s.outcome[outcome])
+		m.delivery.Record(ctx, took.Seconds(), s.outcome[outcome])
+		for _, t := range d.timings {
+			m.claim.Record(ctx, t.claim.Seconds(), s.claim[t.result])
+			if t.ran {
+				i := 0
+				if t.handlerErr {
+					i = 1
+				}
+				m.handler.Record(ctx, t.handler.Seconds(), s.handler[i])
+			}
+		}
+		if d.retries > 0 {
+			m.retries.Add(ctx, int64(d.retries), s.base)
+		}
+		if outcome == dedup.DeadLettered && d.letter != nil {
+			m.deadLetters.Add(ctx, 1, s.forReason(d.letter.Reason))
+		}
+		return produced, err
+	}
+}
+
+// DeadLetterBacklog is what a store implements to feed the gauges
+// idem.dead_letters.pending and idem.dead_letters.oldest_age (postgres.Store and
+// sqlite.Store do). Implementations must be safe for concurrent use.
+type DeadLetterBacklog interface {
+	// PendingDeadLetters counts the dead letters waiting for review, and returns when
+	// the oldest of them was dead-lettered (zero when there are none).
+	PendingDeadLetters(ctx context.Context) (count int64, oldest time.Time, err error)
+}
+
+// ObserveDeadLetterBacklog registers the observable gauges idem.dead_letters.pending
+// (pending dead letters) and idem.dead_letters.oldest_age (seconds since the oldest
+// pending one was dead-lettered, 0 when there is none) on mp (nil:
+// otel.GetMeterProvider()), read from b each time the meter provider collects, with
+// timeout DefaultBookkeepingTimeout. They have no attributes: the backlog is the
+// store's, across consumers. Unregister the returned registration when b goes away;
+// the consumer package does this in Consumer.Close.
+func ObserveDeadLetterBacklog(mp metric.MeterProvider, b DeadLetterBacklog) (metric.Registration, error) {
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	meter := mp.Meter(instrumentationScope)
+	pending, err := meter.Int64ObservableGauge("idem.dead_letters.pending",
+		metric.WithDescription("Dead letters waiting for review."),
+		metric.WithUnit("{dead_letter}"))
+	if err != nil {
+		return nil, fmt.Errorf("middleware: create idem.dead_letters.pending: %w", err)
+	}
+	age, err := meter.Float64ObservableGauge("idem.dead_letters.oldest_age",
+		metric.WithDescription("Time since the oldest pending dead letter was dead-lettered; 0 when none is pending."),
+		metric.WithUnit("s"))
+	if err != nil {
+		return nil, fmt.Errorf("middleware: create idem.dead_letters.oldest_age: %w", err)
+	}
+	return meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		ctx, cancel := context.WithTimeout(ctx, DefaultBookkeepingTimeout)
+		defer cancel()
+		n, oldest, err := b.PendingDeadLetters(ctx)
+		if err != nil {
+			return fmt.Errorf("middleware: observe the dead-letter backlog: %w", err)
+		}
+		o.ObserveInt64(pending, n)
+		var seconds float64
+		if n > 0 && !oldest.IsZero() {
+			seconds = max(time.Since(oldest).Seconds(), 0)
+		}
+		o.ObserveFloat64(age, seconds)
+		return nil
+	}, pending, age)
+}
