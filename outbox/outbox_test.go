@@ -1,0 +1,200 @@
+package outbox_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/idemkit/idem/internal/testdb"
+	"github.com/idemkit/idem/outbox"
+)
+
+func setup(t *testing.T) (*pgxpool.Pool, outbox.Config) {
+	t.Helper()
+	pool := testdb.Pool(t)
+	var b [5]byte
+	_, _ = rand.Read(b[:])
+	cfg := outbox.Config{Topic: "idem_outbox_test_" + hex.EncodeToString(b[:]), PollInterval: 10 * time.Millisecond}
+	require.NoError(t, outbox.Migrate(context.Background(), pool, cfg))
+	t.Cleanup(func() {
+		ctx := context.Background()
+		for _, table := range []string{"watermill_" + cfg.Topic, "watermill_offsets_" + cfg.Topic} {
+			_, _ = pool.Exec(ctx, "DROP TABLE IF EXISTS "+pgx.Identifier{table}.Sanitize())
+		}
+	})
+	return pool, cfg
+}
+
+func event(id string) *message.Message {
+	msg := message.NewMessage(watermill.NewUUID(), []byte(`{"order":"`+id+`"}`))
+	msg.Metadata.Set("event_id", id)
+	return msg
+}
+
+func publishInTx(t *testing.T, pool *pgxpool.Pool, cfg outbox.Config, commit bool, ids ...string) {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(ctx) //nolint:errcheck
+	for _, id := range ids {
+		require.NoError(t, outbox.PublishTx(ctx, tx, cfg, "orders", event(id)))
+	}
+	if commit {
+		require.NoError(t, tx.Commit(ctx))
+	}
+}
+
+// collect receives from topic until want distinct event IDs arrived, and returns how
+// many times each arrived.
+func collect(t *testing.T, msgs <-chan *message.Message, want int) map[string]int {
+	t.Helper()
+	seen := map[string]int{}
+	deadline := time.After(20 * time.Second)
+	for len(seen) < want {
+		select {
+		case m := <-msgs:
+			seen[m.Metadata.Get("event_id")]++
+			m.Ack()
+		case <-deadline:
+			t.Fatalf("only %d of %d events arrived: %v", len(seen), want, seen)
+		}
+	}
+	return seen
+}
+
+func runRelay(t *testing.T, pool *pgxpool.Pool, out message.Publisher, cfg outbox.Config) (stop func()) {
+	t.Helper()
+	relay, err := outbox.NewRelay(pool, out, cfg)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- relay.Run(ctx) }()
+	<-relay.Running()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			require.NoError(t, relay.Close())
+			<-done
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func TestPublishIffCommit(t *testing.T) {
+	t.Parallel()
+	pool, cfg := setup(t)
+	broker := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 100, Persistent: true}, watermill.NopLogger{})
+	t.Cleanup(func() { _ = broker.Close() })
+	msgs, err := broker.Subscribe(context.Background(), "orders")
+	require.NoError(t, err)
+
+	publishInTx(t, pool, cfg, false, "rolled-back-1", "rolled-back-2")
+	publishInTx(t, pool, cfg, true, "evt-1", "evt-2", "evt-3")
+	runRelay(t, pool, broker, cfg)
+
+	seen := collect(t, msgs, 3)
+	require.Equal(t, map[string]int{"evt-1": 1, "evt-2": 1, "evt-3": 1}, seen)
+	select {
+	case m := <-msgs:
+		t.Fatalf("a message of a rolled-back transaction was published: %s", m.Metadata.Get("event_id"))
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+func TestMessagesKeepTheirUUIDAndMetadata(t *testing.T) {
+	t.Parallel()
+	pool, cfg := setup(t)
+	broker := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 10, Persistent: true}, watermill.NopLogger{})
+	t.Cleanup(func() { _ = broker.Close() })
+	msgs, err := broker.Subscribe(context.Background(), "orders")
+	require.NoError(t, err)
+	msg := event("evt-1")
+	msg.Metadata.Set("correlation_id", "corr-1")
+	ctx := context.Background()
+	tx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	require.NoError(t, outbox.PublishTx(ctx, tx, cfg, "orders", msg))
+	require.NoError(t, tx.Commit(ctx))
+	runRelay(t, pool, broker, cfg)
+	select {
+	case got := <-msgs:
+		got.Ack()
+		require.Equal(t, msg.UUID, got.UUID)
+		require.Equal(t, "corr-1", got.Metadata.Get("correlation_id"))
+		require.Equal(t, "evt-1", got.Metadata.Get("event_id"))
+		require.Equal(t, string(msg.Payload), string(got.Payload))
+	case <-time.After(20 * time.Second):
+		t.Fatal("nothing relayed")
+	}
+}
+
+// failingPublisher publishes the first n messages, then fails as a relay killed
+// mid-flight would stop.
+type failingPublisher struct {
+	message.Publisher
+	left atomic.Int32
+}
+
+func (p *failingPublisher) Publish(topic string, msgs ...*message.Message) error {
+	if p.left.Add(-1) < 0 {
+		return errors.New("relay killed")
+	}
+	return p.Publisher.Publish(topic, msgs...)
+}
+
+func TestRelayRestartLosesNothing(t *testing.T) {
+	t.Parallel()
+	pool, cfg := setup(t)
+	broker := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 1000, Persistent: true}, watermill.NopLogger{})
+	t.Cleanup(func() { _ = broker.Close() })
+	msgs, err := broker.Subscribe(context.Background(), "orders")
+	require.NoError(t, err)
+	const n = 50
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("evt-%d", i)
+	}
+	publishInTx(t, pool, cfg, true, ids...)
+
+	dying := &failingPublisher{Publisher: broker}
+	dying.left.Store(20)
+	stop := runRelay(t, pool, dying, cfg)
+	require.Eventually(t, func() bool { return dying.left.Load() < 0 }, 20*time.Second, 10*time.Millisecond)
+	stop() // killed mid-flight
+
+	runRelay(t, pool, broker, cfg) // restarted
+	seen := collect(t, msgs, n)
+	require.Len(t, seen, n, "every committed message reached the broker")
+	for id, times := range seen {
+		require.GreaterOrEqual(t, times, 1, id)
+	}
+}
+
+func TestPublishTxValidates(t *testing.T) {
+	t.Parallel()
+	pool, cfg := setup(t)
+	ctx := context.Background()
+	tx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(ctx) //nolint:errcheck
+	require.ErrorContains(t, outbox.PublishTx(ctx, tx, cfg, "", event("x")), "destination topic")
+	require.NoError(t, outbox.PublishTx(ctx, tx, cfg, "orders"), "no messages, nothing to do")
+	_, err = outbox.NewRelay(nil, nil, cfg)
+	require.Error(t, err)
+}
