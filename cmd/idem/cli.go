@@ -17,6 +17,7 @@ import (
 
 	"github.com/idemkit/idem/postgres"
 	"github.com/idemkit/idem/retry"
+	"github.com/idemkit/idem/sqlite"
 )
 
 // Exit codes; doc.go and the usage text document them.
@@ -43,6 +44,8 @@ type cli struct {
 	getenv         func(string) string
 	connectTimeout time.Duration
 	secrets        []string // scrubbed from every message written to stderr
+	// terminal says standard output is a terminal: long runs show their progress.
+	terminal bool
 }
 
 // command is one idem command.
@@ -67,9 +70,11 @@ type env struct {
 	stdout io.Writer
 	args   []string // positional arguments
 	// Set for commands that use the database.
-	dbURL    string // as given: never print it, print shownURL
-	shownURL string // dbURL with its password replaced by xxxxx
-	schema   string
+	dbURL      string // as given: never print it, print shownURL
+	shownURL   string // dbURL with its password replaced by xxxxx
+	schema     string
+	sqlitePath string // the SQLite database file, when dbURL names one
+	schemaSet  bool   // --schema was given
 }
 
 // exitError carries the exit code of a failure. A nil err prints nothing.
@@ -110,7 +115,8 @@ func (c *cli) exit(err error) int {
 				hint = "run 'idem " + ee.usage + " -h' for usage"
 			}
 		}
-	case errors.Is(err, postgres.ErrNotMigrated), postgres.Classify(err) == retry.ClassInfrastructure:
+	case errors.Is(err, postgres.ErrNotMigrated), postgres.Classify(err) == retry.ClassInfrastructure,
+		errors.Is(err, sqlite.ErrNotMigrated), sqlite.Classify(err) == retry.ClassInfrastructure:
 		// The schema is missing or old, or the connection broke after it was made.
 		code = exitUnreachable
 	}
@@ -147,6 +153,7 @@ func (c *cli) runCommand(ctx context.Context, cmd *command, args []string) error
 	}
 	e := &env{cli: c, cmd: cmd.name, stdout: c.stdout, args: pos}
 	if db != nil {
+		fs.Visit(func(f *flag.Flag) { e.schemaSet = e.schemaSet || f.Name == "schema" })
 		if err := e.setDatabase(db.url, db.schema); err != nil {
 			return err
 		}
@@ -172,8 +179,8 @@ func (cmd *command) flagSet() (fs *flag.FlagSet, db *dbFlags, act action) {
 // declareDBFlags declares the flags of every command that uses the database.
 func declareDBFlags(fs *flag.FlagSet) *dbFlags {
 	db := &dbFlags{}
-	fs.StringVar(&db.url, "database-url", "", "`URL` of the database, postgres://user:password@host:5432/dbname (default $"+envDatabaseURL+")")
-	fs.StringVar(&db.schema, "schema", postgres.DefaultSchema, "`NAME` of the schema holding idem's tables")
+	fs.StringVar(&db.url, "database-url", "", "`URL` of the database: postgres://user:password@host:5432/dbname, or a SQLite file as sqlite:path/to/file.db, sqlite:///absolute/path.db or path/to/file.db (default $"+envDatabaseURL+")")
+	fs.StringVar(&db.schema, "schema", postgres.DefaultSchema, "`NAME` of the PostgreSQL schema holding idem's tables")
 	return db
 }
 
@@ -205,6 +212,16 @@ func (e *env) setDatabase(rawURL, schema string) error {
 	if rawURL == "" {
 		return usageErrorf(e.cmd, "no database URL: set --database-url or the %s environment variable", envDatabaseURL)
 	}
+	if path, ok, err := sqlitePath(rawURL); ok {
+		if err != nil {
+			return &exitError{code: exitUsage, err: err, usage: e.cmd}
+		}
+		if e.schemaSet && schema != postgres.DefaultSchema {
+			return usageErrorf(e.cmd, "--schema applies to PostgreSQL only: a SQLite database has no schemas")
+		}
+		e.dbURL, e.shownURL, e.sqlitePath, e.schema = rawURL, rawURL, path, "main"
+		return nil
+	}
 	e.cli.secrets = append(e.cli.secrets, urlSecrets(rawURL)...)
 	shown, err := checkDatabaseURL(rawURL)
 	if err != nil {
@@ -217,12 +234,50 @@ func (e *env) setDatabase(rawURL, schema string) error {
 	return nil
 }
 
-// checkDatabaseURL checks that raw is a URL this build can connect to, and returns it
-// with its password hidden. Its errors never hold the password.
+// sqliteExtensions are the file name extensions that make a plain path a SQLite
+// database.
+var sqliteExtensions = []string{".db", ".sqlite", ".sqlite3"}
+
+// sqlitePath reports whether raw names a SQLite database, and returns its file path:
+//
+//	sqlite:///absolute/path.db   an absolute path (percent-escapes decoded)
+//	sqlite:relative/path.db      a path relative to the working directory, or absolute
+//	                             as sqlite:/absolute/path.db (percent-escapes decoded)
+//	path/to/file.db              a plain path ending in .db, .sqlite or .sqlite3
+func sqlitePath(raw string) (path string, ok bool, err error) {
+	rest, isURL := strings.CutPrefix(raw, "sqlite:")
+	if !isURL {
+		if strings.Contains(raw, "://") || !slices.ContainsFunc(sqliteExtensions, func(ext string) bool { return strings.HasSuffix(raw, ext) }) {
+			return "", false, nil
+		}
+		return raw, true, nil
+	}
+	const forms = "use sqlite:///absolute/path.db or sqlite:relative/path.db"
+	if strings.ContainsAny(rest, "?#") {
+		return "", true, fmt.Errorf("the SQLite URL %s has a query or fragment, which idem does not take: %s", raw, forms)
+	}
+	if after, ok := strings.CutPrefix(rest, "//"); ok {
+		if !strings.HasPrefix(after, "/") {
+			return "", true, fmt.Errorf("the SQLite URL %s names a host: %s", raw, forms)
+		}
+		rest = after
+	}
+	path, err = url.PathUnescape(rest)
+	if err != nil {
+		return "", true, fmt.Errorf("the SQLite URL %s does not decode: %v", raw, err)
+	}
+	if path == "" || strings.HasSuffix(path, "/") {
+		return "", true, fmt.Errorf("the SQLite URL %s names no file: %s", raw, forms)
+	}
+	return path, true, nil
+}
+
+// checkDatabaseURL checks that raw is a PostgreSQL URL this build can connect to, and
+// returns it with its password hidden. Its errors never hold the password.
 func checkDatabaseURL(raw string) (shown string, err error) {
-	const supported = "only postgres:// URLs are supported by this build"
+	const supported = "use postgres://user@host:5432/dbname, or a SQLite file as sqlite:path/to/file.db or path/to/file.db"
 	if !strings.Contains(raw, "://") {
-		return "", fmt.Errorf("the database URL is not a URL such as postgres://user@host:5432/dbname: %s", supported)
+		return "", fmt.Errorf("the database URL is neither a postgres:// URL nor a SQLite file: %s", supported)
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -288,9 +343,15 @@ func unescape(s string) string {
 // connect opens a pool on the database and checks that it answers, within the
 // connect timeout.
 func (e *env) connect(ctx context.Context) (*pgxpool.Pool, error) {
-	cfg, err := pgxpool.ParseConfig(e.dbURL)
+	return e.connectTo(ctx, "database", e.dbURL, e.shownURL)
+}
+
+// connectTo is connect to the PostgreSQL database at rawURL, shown in messages as
+// shown; what names the URL in them ("database", "publish").
+func (e *env) connectTo(ctx context.Context, what, rawURL, shown string) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(rawURL)
 	if err != nil {
-		return nil, usageErrorf(e.cmd, "bad database URL %s: %v", e.shownURL, err)
+		return nil, usageErrorf(e.cmd, "bad %s URL %s: %v", what, shown, err)
 	}
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = e.cli.connectTimeout
@@ -300,43 +361,15 @@ func (e *env) connect(ctx context.Context) (*pgxpool.Pool, error) {
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		return nil, unreachable(fmt.Errorf("cannot connect to %s: %w", e.shownURL, err))
+		return nil, unreachable(fmt.Errorf("cannot connect to %s: %w", shown, err))
 	}
 	pctx, cancel := context.WithTimeout(ctx, cfg.ConnConfig.ConnectTimeout)
 	defer cancel()
 	if err := pool.Ping(pctx); err != nil {
 		pool.Close()
-		return nil, unreachable(fmt.Errorf("cannot connect to %s: %w", e.shownURL, err))
+		return nil, unreachable(fmt.Errorf("cannot connect to %s: %w", shown, err))
 	}
 	return pool, nil
-}
-
-// store connects and returns the store on the schema, after checking that the schema
-// is migrated. closePool closes its pool.
-func (e *env) store(ctx context.Context) (store *postgres.Store, closePool func(), err error) {
-	pool, err := e.connect(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	store, err = postgres.New(pool, postgres.Config{Schema: e.schema})
-	if err == nil {
-		err = store.Check(ctx)
-	}
-	if err != nil {
-		pool.Close()
-		if errors.Is(err, postgres.ErrNotMigrated) {
-			// Check says what is missing and to run `idem migrate`; drop the words
-			// meant for library users.
-			msg := strings.TrimPrefix(err.Error(), postgres.ErrNotMigrated.Error()+": ")
-			msg = strings.TrimSuffix(msg, " or postgres.Migrate")
-			if !strings.Contains(msg, "idem migrate") {
-				msg += "; run `idem migrate --schema " + e.schema + "`"
-			}
-			return nil, nil, unreachable(fmt.Errorf("%s (database %s)", msg, e.shownURL))
-		}
-		return nil, nil, err
-	}
-	return store, pool.Close, nil
 }
 
 const exitCodesText = `Exit codes:
@@ -349,8 +382,8 @@ const exitCodesText = `Exit codes:
 
 // usage writes the help of idem itself.
 func (c *cli) usage(w io.Writer) {
-	fmt.Fprint(w, `idem is the operator command of idem: it migrates the database schema and keeps
-the deduplication tables in shape.
+	fmt.Fprint(w, `idem is the operator command of idem: it migrates the database schema, reviews,
+replays and discards dead letters, and keeps the deduplication tables in shape.
 
 Usage:
   idem <command> [flags]

@@ -59,12 +59,12 @@ func runPrune(ctx context.Context, e *env, cfg postgres.PruneConfig) error {
 	case cfg.BatchSize < 1:
 		return usageErrorf(cmd, "--batch must be at least 1, got %d", cfg.BatchSize)
 	}
-	store, closeStore, err := e.store(ctx)
+	store, err := e.store(ctx)
 	if err != nil {
 		return err
 	}
-	defer closeStore()
-	res, err := store.Prune(ctx, cfg)
+	defer store.close()
+	res, err := store.prune(ctx, cfg)
 	if err != nil {
 		if res != (postgres.PruneResult{}) {
 			fmt.Fprintf(e.stdout, "deleted %d processed rows and %d attempt counts older than %s before failing\n", res.Processed, res.Attempts, cfg.Retention)
@@ -92,12 +92,12 @@ func runStats(ctx context.Context, e *env, format string) error {
 	if format != "text" && format != "json" {
 		return usageErrorf("dedup stats", "--format must be text or json, got %q", format)
 	}
-	store, closeStore, err := e.store(ctx)
+	store, err := e.store(ctx)
 	if err != nil {
 		return err
 	}
-	defer closeStore()
-	st, err := store.Stats(ctx)
+	defer store.close()
+	st, err := store.stats(ctx)
 	if err != nil {
 		return err
 	}

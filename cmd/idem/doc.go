@@ -1,5 +1,7 @@
 // Idem is the operator command of idem: it migrates the database schema that idem's
-// stores use and keeps the deduplication tables in shape.
+// stores use, reviews, replays and discards dead letters, and keeps the
+// deduplication tables in shape. It works on the PostgreSQL store and on the
+// embedded SQLite store alike. docs/cli.md is its full manual.
 //
 // Install it with:
 //
@@ -12,6 +14,14 @@
 // The commands are:
 //
 //	migrate       create the schema or apply its pending migrations
+//	dlq report    pending dead letters grouped by consumer, topic and failure
+//	dlq list      list dead letters, a page at a time
+//	dlq show      show one dead letter: metadata, error history, payload, audit
+//	dlq replay    republish dead letters to their topics (dry run unless --yes)
+//	dlq discard   mark dead letters discarded, with a --reason (dry run unless --yes)
+//	dlq resolve   mark dead letters resolved (dry run unless --yes)
+//	dlq check     exit 1 when pending dead letters exceed a count or an age (for cron)
+//	dlq audit     list the audit of replays, discards and resolves
 //	dedup prune   delete processed rows and attempt counts older than the retention
 //	dedup stats   show row counts and oldest ages of idem's tables
 //	version       print the version of idem
@@ -23,28 +33,38 @@
 //
 // Every command that uses the database takes two flags:
 //
-//	--database-url URL   postgres://user:password@host:5432/dbname; defaults to $IDEM_DATABASE_URL
-//	--schema NAME        the schema holding idem's tables; defaults to idem
+//	--database-url URL   the database; defaults to $IDEM_DATABASE_URL
+//	--schema NAME        the PostgreSQL schema holding idem's tables; defaults to idem
 //
-// Only postgres:// and postgresql:// URLs are supported by this build. Connecting
-// gives up after 5 seconds, unless the URL sets connect_timeout. No message shows
-// the password of the URL: it is replaced by xxxxx.
+// The database URL is one of:
+//
+//	postgres://user:password@host:5432/dbname   PostgreSQL (postgresql:// too)
+//	sqlite:///absolute/path/idem.db             a SQLite file, by absolute path
+//	sqlite:relative/path/idem.db                a SQLite file, relative to the working directory
+//	path/to/idem.db                             a plain path ending in .db, .sqlite or .sqlite3
+//
+// Percent-escapes in sqlite: URLs are decoded; plain paths are taken as they are. A
+// SQLite database has no schemas: --schema is refused with one. Only `idem migrate`
+// creates a SQLite file; the other commands report a missing file as unreachable.
+// Connecting to PostgreSQL gives up after 5 seconds, unless the URL sets
+// connect_timeout. No message shows the password of a URL: it is replaced by xxxxx.
 //
 // # Examples
 //
 //	export IDEM_DATABASE_URL='postgres://idem@db.internal:5432/app'
 //	idem migrate --schema messaging
+//	idem dlq report --schema messaging
+//	idem dlq show 42 --schema messaging --show-payload
+//	idem dlq replay --schema messaging --consumer billing --fingerprint 3f2a9c1d7e6b5a40 --yes
+//	idem dlq discard 43 --schema messaging --reason "test order from staging" --yes
+//	idem dlq check --schema messaging --max-pending 0 --max-age 24h
 //	idem dedup prune --schema messaging --retention 336h --replay-window 168h
-//	idem dedup stats --schema messaging --format json
-//
-// `idem migrate` prints each migration it applied ("applied 001 create_tables"), or
-// "schema messaging is up to date (version 1)". Consumers never change the schema:
-// run it before deploying a new version of idem.
+//	idem dlq report --database-url idem-quickstart.db
 //
 // # Exit codes
 //
 //	0  success
-//	1  the command ran and failed (for example, a check failed)
+//	1  the command ran and failed (for example, a check failed, or a publish)
 //	2  usage error: unknown command or flag, bad value, no database URL
 //	3  cannot reach the store: connection or authentication failure, timeout, or a
 //	   schema that is missing or not migrated (run `idem migrate`)

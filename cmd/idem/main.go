@@ -6,18 +6,26 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"runtime/debug"
 	"slices"
 	"strings"
+	"syscall"
 )
 
-func main() { os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr)) }
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
 
 // commands lists every command, in the order `idem help` shows them. A group of
 // subcommands (`idem dedup prune`, `idem dedup stats`) is a slice whose names share
 // their first word; a new group is a new file declaring its slice plus one line here.
 var commands = slices.Concat(
 	migrateCommands,
+	dlqCommands,
 	dedupCommands,
 	versionCommands,
 )
@@ -25,6 +33,11 @@ var commands = slices.Concat(
 // run runs the command line args and returns the process's exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	c := &cli{stdout: stdout, stderr: stderr, getenv: os.Getenv, connectTimeout: defaultConnectTimeout}
+	if f, ok := stdout.(*os.File); ok {
+		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			c.terminal = true
+		}
+	}
 	return c.run(ctx, args)
 }
 

@@ -1,0 +1,449 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/idemkit/idem/dlq"
+	"github.com/idemkit/idem/internal/testdb"
+	"github.com/idemkit/idem/postgres"
+)
+
+// goldenCases are the outputs compared with testdata/: report, list and show in every
+// format, on the same seed for both stores.
+var goldenCases = []struct {
+	name string
+	args []string
+}{
+	{"report.table", []string{"dlq", "report"}},
+	{"report.json", []string{"dlq", "report", "--format", "json"}},
+	{"report.markdown", []string{"dlq", "report", "--format", "markdown"}},
+	{"report.csv", []string{"dlq", "report", "--format", "csv"}},
+	{"report-all.table", []string{"dlq", "report", "--status", "all"}},
+	{"list.table", []string{"dlq", "list"}},
+	{"list.json", []string{"dlq", "list", "--format", "json"}},
+	{"list.markdown", []string{"dlq", "list", "--format", "markdown"}},
+	{"list.csv", []string{"dlq", "list", "--format", "csv"}},
+	{"list-page.table", []string{"dlq", "list", "--status", "all", "--limit", "2", "--after", "1"}},
+	{"show.table", []string{"dlq", "show", "1"}},
+	{"show-payload.table", []string{"dlq", "show", "1", "--show-payload", "--redact-keys", "tenant"}},
+	{"show.json", []string{"dlq", "show", "1", "--show-payload", "--format", "json"}},
+	{"show.markdown", []string{"dlq", "show", "1", "--show-payload", "--format", "markdown"}},
+	{"show.csv", []string{"dlq", "show", "1", "--show-payload", "--format", "csv"}},
+	{"show-escapes.table", []string{"dlq", "show", "4", "--show-payload"}},
+	{"show-escapes.markdown", []string{"dlq", "show", "4", "--show-payload", "--format", "markdown"}},
+	{"show-binary.json", []string{"dlq", "show", "5", "--show-payload", "--format", "json"}},
+}
+
+func TestGolden(t *testing.T) {
+	t.Parallel()
+	for _, backend := range []struct {
+		name string
+		args func(t *testing.T) []string
+	}{
+		{"PostgreSQL", func(t *testing.T) []string { return pgArgs(t, goldenRows) }},
+		{"SQLite", func(t *testing.T) []string { return []string{"--database-url", "sqlite://" + sqliteDB(t, goldenRows)} }},
+	} {
+		t.Run(backend.name, func(t *testing.T) {
+			t.Parallel()
+			if backend.name == "SQLite" && *update {
+				t.Skip("goldens are written from PostgreSQL; SQLite must match them")
+			}
+			db := backend.args(t)
+			for _, tc := range goldenCases {
+				res := idemAt(t, append(tc.args, db...)...)
+				require.Equal(t, 0, res.code, "%s: %s", tc.name, res.stderr)
+				require.Empty(t, res.stderr, tc.name)
+				requireInert(t, res.stdout)
+				golden(t, tc.name+".golden", res.stdout)
+			}
+		})
+	}
+}
+
+func TestOutputIsInert(t *testing.T) {
+	t.Parallel()
+	db := []string{"--database-url", sqliteDB(t, goldenRows)}
+
+	t.Run("TerminalEscapes", func(t *testing.T) {
+		t.Parallel()
+		for _, format := range allFormats {
+			res := idemAt(t, append([]string{"dlq", "show", "4", "--show-payload", "--format", format}, db...)...)
+			require.Equal(t, 0, res.code, res.stderr)
+			requireInert(t, res.stdout)
+			require.NotContains(t, res.stdout, "\x07")
+			require.NotContains(t, res.stdout, "\u009b")
+			require.NotContains(t, res.stdout, "\u202e")
+			if format != formatJSON {
+				require.Contains(t, res.stdout, `\x1b]0;pwned\x07\x1b[2J`, format)
+				require.Contains(t, res.stdout, `\u009b31m\u202eevil`, format)
+			} else {
+				require.Contains(t, res.stdout, `\u001b]0;pwned\u0007\u001b[2J`)
+				require.Contains(t, res.stdout, `\u009b31m\u202eevil`)
+			}
+		}
+		for _, args := range [][]string{{"dlq", "report"}, {"dlq", "list"}, {"dlq", "list", "--format", "markdown"}, {"dlq", "report", "--format", "json"}} {
+			res := idemAt(t, append(args, db...)...)
+			require.Equal(t, 0, res.code, res.stderr)
+			requireInert(t, res.stdout)
+			require.NotContains(t, res.stdout, "\r")
+			require.NotRegexp(t, `(?m)^forged log line`, res.stdout, "a newline in an error cannot start a line of output")
+		}
+	})
+
+	t.Run("CSVFormulas", func(t *testing.T) {
+		t.Parallel()
+		res := idemAt(t, append([]string{"dlq", "list", "--format", "csv"}, db...)...)
+		require.Equal(t, 0, res.code, res.stderr)
+		require.Contains(t, res.stdout, `,'=cmd|' /C calc'!A0,`)
+		require.Contains(t, res.stdout, `'+1 is not a valid amount`)
+		require.NotRegexp(t, `(^|,)"?[=+@-]`, strings.ReplaceAll(res.stdout, "\n", ","), "no cell starts a formula")
+
+		res = idemAt(t, append([]string{"dlq", "report", "--format", "csv"}, db...)...)
+		require.Contains(t, res.stdout, "'-1e1e1e1e1e1e1e1")
+		res = idemAt(t, append([]string{"dlq", "show", "5", "--format", "csv"}, db...)...)
+		require.Contains(t, res.stdout, "event_type,'@SUM(A1:A9)")
+	})
+
+	t.Run("SecretsRedactedEvenWithPayload", func(t *testing.T) {
+		t.Parallel()
+		for _, format := range allFormats {
+			res := idemAt(t, append([]string{"dlq", "show", "1", "--show-payload", "--redact-keys", "tenant", "--format", format}, db...)...)
+			require.Equal(t, 0, res.code, res.stderr)
+			require.NotContains(t, res.stdout, "tok_live_4242", format)
+			require.NotContains(t, res.stdout, "s3cret", format)
+			require.NotContains(t, res.stdout, "acme", format)
+			require.Contains(t, res.stdout, "total_cents", format)
+		}
+		res := idemAt(t, append([]string{"dlq", "show", "1", "--format", "json"}, db...)...)
+		require.NotContains(t, res.stdout, "total_cents", "the payload is hidden without --show-payload")
+	})
+}
+
+func TestSQLite(t *testing.T) {
+	t.Parallel()
+	path := sqliteDB(t, goldenRows)
+	dir, file := filepath.Split(path)
+
+	// Every form of the URL names the same file.
+	want := idemAt(t, "dlq", "report", "--database-url", path)
+	require.Equal(t, 0, want.code, want.stderr)
+	require.Contains(t, want.stdout, "total: 5 pending dead letters in 4 groups")
+	for _, tc := range []struct{ dir, url string }{
+		{"", "sqlite://" + path}, // sqlite:///abs/path.db
+		{"", "sqlite:" + path},
+		{dir, "sqlite:" + file},
+		{dir, file},
+		{"", "sqlite://" + strings.Replace(path, "idem.db", "idem%2Edb", 1)},
+	} {
+		res := exe(t, tc.dir, map[string]string{envNow: testNow}, "dlq", "report", "--database-url", tc.url)
+		require.Equal(t, 0, res.code, "%s: %s", tc.url, res.stderr)
+		require.Equal(t, want.stdout, res.stdout, tc.url)
+	}
+	res := exe(t, dir, map[string]string{envNow: testNow, envDatabaseURL: file}, "dlq", "check", "--max-pending", "10")
+	require.Equal(t, 0, res.code, res.stderr)
+	require.Equal(t, "OK: 5 pending dead letters, oldest 2d2h (2026-01-08T09:30:00Z) (at most 10)\n", res.stdout)
+
+	// The other commands work on SQLite too.
+	res = exe(t, dir, nil, "dedup", "stats", "--database-url", file, "--format", "json")
+	require.Equal(t, 0, res.code, res.stderr)
+	require.Contains(t, res.stdout, `"schema": "main"`)
+	require.Contains(t, res.stdout, `"pending_dead_letters": 5`)
+	res = exe(t, dir, nil, "dedup", "prune", "--database-url", file)
+	require.Equal(t, 0, res.code, res.stderr)
+	require.Equal(t, "deleted 0 processed rows and 0 attempt counts older than 168h0m0s\n", res.stdout)
+	res = exe(t, dir, nil, "migrate", "--database-url", file)
+	require.Equal(t, 0, res.code, res.stderr)
+	require.Contains(t, res.stdout, "idem.db is up to date (version ")
+}
+
+func TestCheck(t *testing.T) {
+	t.Parallel()
+	pending := goldenRows[:3] // oldest 2026-01-08T09:30:00Z, 50h30m before testNow
+
+	for _, backend := range []struct {
+		name       string
+		empty, old func(t *testing.T) []string
+	}{
+		{"PostgreSQL", func(t *testing.T) []string { return pgArgs(t, nil) }, func(t *testing.T) []string { return pgArgs(t, pending) }},
+		{"SQLite", func(t *testing.T) []string { return []string{"--database-url", sqliteDB(t, nil)} }, func(t *testing.T) []string {
+			return []string{"--database-url", sqliteDB(t, pending)}
+		}},
+	} {
+		t.Run(backend.name, func(t *testing.T) {
+			t.Parallel()
+			empty, seeded := backend.empty(t), backend.old(t)
+			for _, tc := range []struct {
+				name string
+				db   []string
+				args []string
+				code int
+				want string
+			}{
+				{"Empty", empty, nil, 0, "OK: 0 pending dead letters (at most 0)\n"},
+				{"EmptyWithAge", empty, []string{"--max-age", "1h"}, 0, "OK: 0 pending dead letters (at most 0, none older than 1h0m)\n"},
+				{"AnyPendingFailsByDefault", seeded, nil, 1, "FAIL: 3 pending dead letters, oldest 2d2h (2026-01-08T09:30:00Z): more than 0\n"},
+				{"BelowThresholds", seeded, []string{"--max-pending", "3", "--max-age", "72h"}, 0, "OK: 3 pending dead letters, oldest 2d2h (2026-01-08T09:30:00Z) (at most 3, none older than 3d0h)\n"},
+				{"TooMany", seeded, []string{"--max-pending", "2", "--max-age", "72h"}, 1, "FAIL: 3 pending dead letters, oldest 2d2h (2026-01-08T09:30:00Z): more than 2\n"},
+				{"TooOld", seeded, []string{"--max-pending", "-1", "--max-age", "24h"}, 1, "FAIL: 3 pending dead letters, oldest 2d2h (2026-01-08T09:30:00Z): the oldest older than 24h0m\n"},
+				{"TooOldInDays", seeded, []string{"--max-pending", "-1", "--max-age", "2d"}, 1, "FAIL: 3 pending dead letters, oldest 2d2h (2026-01-08T09:30:00Z): the oldest older than 2d0h\n"},
+				{"Both", seeded, []string{"--max-pending", "1", "--max-age", "1h"}, 1, "FAIL: 3 pending dead letters, oldest 2d2h (2026-01-08T09:30:00Z): more than 1, the oldest older than 1h0m\n"},
+				{"Filtered", seeded, []string{"--consumer", "billing", "--fingerprint", "8c1e44b0a9d2f311", "--max-pending", "1"}, 0,
+					"OK: 1 pending dead letter, oldest 45m0s (2026-01-10T11:15:00Z) for consumer=billing fingerprint=8c1e44b0a9d2f311 (at most 1)\n"},
+			} {
+				res := idemAt(t, append(append([]string{"dlq", "check"}, tc.args...), tc.db...)...)
+				require.Equal(t, tc.code, res.code, "%s: %s", tc.name, res.stderr)
+				require.Equal(t, tc.want, res.stdout, tc.name)
+				require.Empty(t, res.stderr, tc.name)
+			}
+
+			res := idemAt(t, append([]string{"dlq", "check", "--max-pending", "2", "--format", "json"}, seeded...)...)
+			require.Equal(t, 1, res.code)
+			require.JSONEq(t, `{"ok": false, "pending": 3, "max_pending": 2, "oldest_at": "2026-01-08T09:30:00Z",
+				"oldest_age_seconds": 181800, "max_age_seconds": null,
+				"summary": "FAIL: 3 pending dead letters, oldest 2d2h (2026-01-08T09:30:00Z): more than 2"}`, res.stdout)
+		})
+	}
+
+	t.Run("Unreachable", func(t *testing.T) {
+		t.Parallel()
+		res := idemAt(t, "dlq", "check", "--database-url", "postgres://postgres@127.0.0.1:1/test")
+		require.Equal(t, 3, res.code, res.stderr)
+		require.Contains(t, res.stderr, "idem: cannot connect to postgres://postgres@127.0.0.1:1/test")
+		require.Empty(t, res.stdout)
+
+		res = idemAt(t, "dlq", "check", "--database-url", filepath.Join(t.TempDir(), "missing.db"))
+		require.Equal(t, 3, res.code, res.stderr)
+		require.Contains(t, res.stderr, "missing.db does not exist; check the path, or create it with `idem migrate --database-url ")
+
+		notDB := filepath.Join(t.TempDir(), "garbage.db")
+		require.NoError(t, os.WriteFile(notDB, []byte("this is not a database, it is a text file of some length......."), 0o600))
+		res = idemAt(t, "dlq", "check", "--database-url", notDB)
+		require.Equal(t, 3, res.code, res.stderr)
+		require.Contains(t, res.stderr, "cannot open the SQLite database")
+	})
+
+	t.Run("NotMigrated", func(t *testing.T) {
+		t.Parallel()
+		testdb.Require(t)
+		schema := randomSchema("cli_missing_")
+		res := idemAt(t, "dlq", "check", "--database-url", testdb.URL(), "--schema", schema)
+		require.Equal(t, 3, res.code, res.stderr)
+		require.Contains(t, res.stderr, "run `idem migrate --schema "+schema+"`")
+
+		path := filepath.Join(t.TempDir(), "empty.db")
+		require.NoError(t, os.WriteFile(path, nil, 0o600))
+		res = idemAt(t, "dlq", "report", "--database-url", path)
+		require.Equal(t, 3, res.code, res.stderr)
+		require.Contains(t, res.stderr, "has no idem tables; run `idem migrate --database-url "+path+"`")
+
+		res = idemAt(t, "migrate", "--database-url", path)
+		require.Equal(t, 0, res.code, res.stderr)
+		require.Contains(t, res.stdout, "applied 001 create_tables\n")
+		res = idemAt(t, "migrate", "--database-url", path)
+		require.Equal(t, 0, res.code, res.stderr)
+		require.Contains(t, res.stdout, path+" is up to date")
+		res = idemAt(t, "dlq", "report", "--database-url", path)
+		require.Equal(t, 0, res.code, res.stderr)
+		require.Equal(t, "no pending dead letters\n", res.stdout)
+	})
+
+	t.Run("BadFlags", func(t *testing.T) {
+		t.Parallel()
+		for _, tc := range []struct {
+			args []string
+			want string
+		}{
+			{[]string{"--max-pending", "-2"}, "--max-pending must be -1 (no limit) or more"},
+			{[]string{"--max-age", "-1h"}, "--max-age must not be negative"},
+			{[]string{"--max-age", "a week"}, `invalid value "a week" for flag -max-age: "a week" is not a duration such as 36h or 7d`},
+			{[]string{"--format", "csv"}, `--format must be table or json, got "csv"`},
+			{[]string{"--since", "last tuesday"}, `--since: "last tuesday" is neither a time`},
+		} {
+			res := idemAt(t, append(append([]string{"dlq", "check"}, tc.args...), "--database-url", "postgres://postgres@127.0.0.1:1/test")...)
+			require.Equal(t, 2, res.code, res.stderr)
+			require.Contains(t, res.stderr, tc.want)
+		}
+	})
+}
+
+// auditRows reads the audit table of a PostgreSQL schema.
+func auditRows(t *testing.T, schema string) []dlq.AuditEntry {
+	t.Helper()
+	store, err := postgres.New(testdb.Pool(t), postgres.Config{Schema: schema})
+	require.NoError(t, err)
+	entries, err := store.Audit(t.Context(), dlq.AuditFilter{})
+	require.NoError(t, err)
+	return entries
+}
+
+func statuses(t *testing.T, schema string) map[int64]string {
+	t.Helper()
+	rows, err := testdb.Pool(t).Query(t.Context(), "SELECT id, status FROM "+pgx.Identifier{schema, "dead_letters"}.Sanitize())
+	require.NoError(t, err)
+	out := map[int64]string{}
+	for rows.Next() {
+		var id int64
+		var s string
+		require.NoError(t, rows.Scan(&id, &s))
+		out[id] = s
+	}
+	require.NoError(t, rows.Err())
+	return out
+}
+
+func TestDiscardAndResolve(t *testing.T) {
+	t.Parallel()
+
+	t.Run("DiscardNeedsAReason", func(t *testing.T) {
+		t.Parallel()
+		db := pgArgs(t, goldenRows)
+		schema := db[3]
+		before := statuses(t, schema)
+		for _, args := range [][]string{{"1", "--yes"}, {"--consumer", "billing", "--yes"}, {"1", "--reason", " ", "--yes"}} {
+			res := idemAt(t, append(append([]string{"dlq", "discard"}, args...), db...)...)
+			require.Equal(t, 2, res.code, res.stderr)
+			require.Contains(t, res.stderr, "idem: --reason is required: say why, for the audit\n")
+			require.Empty(t, res.stdout)
+		}
+		require.Equal(t, before, statuses(t, schema))
+		require.Empty(t, auditRows(t, schema))
+	})
+
+	t.Run("EveryChangeOneAuditRow", func(t *testing.T) {
+		t.Parallel()
+		db := pgArgs(t, goldenRows)
+		schema := db[3]
+
+		// A dry run changes nothing.
+		res := idemAt(t, append([]string{"dlq", "discard", "--consumer", "billing", "--fingerprint", "3f2a9c1d7e6b5a40", "--reason", "load test traffic"}, db...)...)
+		require.Equal(t, 0, res.code, res.stderr)
+		require.Contains(t, res.stdout, "dry run: would discard 2 dead letters; nothing changed. Add --yes to discard them.\n")
+		require.Empty(t, auditRows(t, schema))
+
+		// A group, by filter: one audit row for both.
+		res = idemAt(t, append([]string{"dlq", "discard", "--consumer", "billing", "--fingerprint", "3f2a9c1d7e6b5a40", "--reason", "load test traffic", "--yes"}, db...)...)
+		require.Equal(t, 0, res.code, res.stderr)
+		require.Regexp(t, `^discarded 2 dead letters: 1, 2 \(audit entry \d+\)\n$`, res.stdout)
+		audit := auditRows(t, schema)
+		require.Len(t, audit, 1)
+		require.Equal(t, dlq.ActionDiscard, audit[0].Action)
+		require.Equal(t, []int64{1, 2}, audit[0].DeadLetterIDs)
+		require.Equal(t, "load test traffic", audit[0].Reason)
+		require.Equal(t, "consumer=billing fingerprint=3f2a9c1d7e6b5a40 status=pending", audit[0].Selector)
+		require.NotEmpty(t, audit[0].OSUser)
+		require.Equal(t, "postgres", audit[0].DBRole)
+		host, _ := os.Hostname()
+		require.Equal(t, host, audit[0].Host)
+
+		// By ID, as JSON: one more row.
+		res = idemAt(t, append([]string{"dlq", "resolve", "3", "2", "--reason", "refunded by hand", "--yes", "--format", "json"}, db...)...)
+		require.Equal(t, 0, res.code, res.stderr)
+		var out changeJSON
+		require.NoError(t, json.Unmarshal([]byte(res.stdout), &out))
+		require.Equal(t, "resolve", out.Action)
+		require.False(t, out.DryRun)
+		require.Equal(t, []int64{2, 3}, out.Selected)
+		require.Equal(t, []int64{2, 3}, out.Changed)
+		require.Len(t, out.AuditIDs, 1)
+		require.Nil(t, out.PublishURL)
+		audit = auditRows(t, schema)
+		require.Len(t, audit, 2)
+		require.Equal(t, dlq.ActionResolve, audit[1].Action)
+		require.Equal(t, "ids=2,3", audit[1].Selector)
+		require.Equal(t, out.AuditIDs[0], audit[1].ID)
+
+		// Nothing left to change: no row.
+		res = idemAt(t, append([]string{"dlq", "resolve", "3", "--yes"}, db...)...)
+		require.Equal(t, 0, res.code, res.stderr)
+		require.Equal(t, "nothing to resolve: the 1 dead letter selected are resolved already\n", res.stdout)
+		require.Len(t, auditRows(t, schema), 2)
+
+		require.Equal(t, map[int64]string{1: "discarded", 2: "resolved", 3: "resolved", 4: "pending", 5: "pending", 6: "discarded"}, statuses(t, schema))
+
+		res = idemAt(t, append([]string{"dlq", "audit"}, db...)...)
+		require.Equal(t, 0, res.code, res.stderr)
+		lines := strings.Split(strings.TrimSpace(res.stdout), "\n")
+		require.Len(t, lines, 3)
+		require.Regexp(t, `^ID +AT +ACTION +OS USER +HOST +DB ROLE +SELECTOR +REASON +DEAD LETTERS$`, lines[0])
+		require.Regexp(t, `^1 +\S+ +discard +\S+ +\S+ +postgres +consumer=billing fingerprint=3f2a9c1d7e6b5a40 status=pending +load test traffic +1 2$`, lines[1])
+		res = idemAt(t, append([]string{"dlq", "audit", "--id", "3", "--format", "json"}, db...)...)
+		require.Equal(t, 0, res.code, res.stderr)
+		require.Contains(t, res.stdout, `"action": "resolve"`)
+		require.NotContains(t, res.stdout, `"action": "discard"`)
+
+		res = idemAt(t, append([]string{"dlq", "show", "2"}, db...)...)
+		require.Equal(t, 0, res.code, res.stderr)
+		require.Regexp(t, `(?s)audit:\n  #1 \S+ discard by .*: load test traffic\n  #2 \S+ resolve by .*, ids=2,3: refunded by hand\n$`, res.stdout)
+	})
+
+	t.Run("Selection", func(t *testing.T) {
+		t.Parallel()
+		db := pgArgs(t, goldenRows)
+		for _, tc := range []struct {
+			args []string
+			code int
+			want string
+		}{
+			{[]string{"dlq", "resolve", "--yes"}, 2, "select the dead letters: give their IDs, filters such as --consumer and --fingerprint, or --all"},
+			{[]string{"dlq", "resolve", "99", "--yes"}, 1, "idem: dead letter 99 not found in "},
+			{[]string{"dlq", "resolve", "1", "--consumer", "shipping", "--yes"}, 1, "idem: dead letter 1 (pending) is not selected by the filters: consumer=shipping"},
+			{[]string{"dlq", "resolve", "one"}, 2, `"one" is not a dead-letter ID`},
+			{[]string{"dlq", "show", "99"}, 1, "idem: dead letter 99 not found in "},
+			{[]string{"dlq", "show"}, 2, "dlq show takes one dead-letter ID, got 0 arguments"},
+			{[]string{"dlq", "list", "--status", "open"}, 2, `--status must be pending, replayed, discarded, resolved or all, got "open"`},
+			{[]string{"dlq", "report", "--since", "2026-01-10", "--until", "2026-01-09"}, 2, "--since 2026-01-10T00:00:00Z is not before --until 2026-01-09T00:00:00Z"},
+			{[]string{"dlq", "audit", "--action", "delete"}, 2, `--action must be replay, discard or resolve, got "delete"`},
+		} {
+			res := idemAt(t, append(tc.args, db...)...)
+			require.Equal(t, tc.code, res.code, "%v: %s", tc.args, res.stderr)
+			require.Contains(t, res.stderr, tc.want, tc.args)
+		}
+
+		// --all with the default status: every pending one, in a dry run.
+		res := idemAt(t, append([]string{"dlq", "resolve", "--all"}, db...)...)
+		require.Equal(t, 0, res.code, res.stderr)
+		require.Contains(t, res.stdout, "dry run: would resolve 5 dead letters")
+		res = idemAt(t, append([]string{"dlq", "resolve", "--all", "--limit", "2", "--format", "json"}, db...)...)
+		require.Equal(t, 0, res.code, res.stderr)
+		require.Contains(t, res.stdout, `"selector": "status=pending limit=2"`)
+		require.Contains(t, res.stdout, "\"selected\": [\n    1,\n    2\n  ]")
+		// Filters by time.
+		res = idemAt(t, append([]string{"dlq", "list", "--since", "24h", "--format", "csv"}, db...)...)
+		require.Equal(t, 0, res.code, res.stderr)
+		require.Equal(t, 4, strings.Count(res.stdout, "\n"), res.stdout) // header + 3 since 2026-01-09T12:00
+		res = idemAt(t, append([]string{"dlq", "list", "--until", "2026-01-09", "--status", "all", "--format", "csv"}, db...)...)
+		require.Equal(t, 0, res.code, res.stderr)
+		require.Equal(t, 3, strings.Count(res.stdout, "\n"), res.stdout)
+		res = idemAt(t, append([]string{"dlq", "report", "--event-type", "OrderPlaced", "--topic", "orders", "--format", "json"}, db...)...)
+		require.Equal(t, 0, res.code, res.stderr)
+		require.Contains(t, res.stdout, `"dead_letters": 3`)
+	})
+}
+
+func TestDLQHelp(t *testing.T) {
+	t.Parallel()
+	res := idem(t, "dlq", "-h")
+	require.Equal(t, 0, res.code)
+	for _, cmd := range []string{"report", "list", "show [flags] ID", "replay [flags] [ID...]", "discard", "resolve", "check", "audit"} {
+		require.Contains(t, res.stdout, "dlq "+cmd)
+	}
+	for _, cmd := range []string{"report", "list", "show", "replay", "discard", "resolve", "check", "audit"} {
+		res := idem(t, "dlq", cmd, "-h")
+		require.Equal(t, 0, res.code, cmd)
+		require.Contains(t, res.stdout, "Usage:\n  idem dlq "+cmd, cmd)
+		require.Contains(t, res.stdout, "Exit codes:", cmd)
+	}
+	res = idem(t, "dlq", "check", "-h")
+	require.Contains(t, res.stdout, "--max-pending N")
+	require.Contains(t, res.stdout, "--max-age DURATION")
+	require.NotContains(t, res.stdout, "--status")
+	res = idem(t, "dlq", "discard", "-h")
+	require.Contains(t, res.stdout, "(required)")
+}

@@ -1,0 +1,301 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/idemkit/idem/dlq"
+)
+
+var _ dlq.Reviewer = (*Store)(nil)
+
+// scanner is what pgx.Row and pgx.Rows have in common.
+type scanner interface {
+	Scan(dest ...any) error
+}
+
+// withExtra scans the columns of deadLetterColumns into what scanDeadLetter expects,
+// then the extra columns that follow them into extra.
+type withExtra struct {
+	row   scanner
+	extra []any
+}
+
+func (r withExtra) Scan(dest ...any) error { return r.row.Scan(append(dest, r.extra...)...) }
+
+const recordColumns = deadLetterColumns + `, replay_count, updated_at`
+
+func scanRecord(row scanner) (*dlq.Record, error) {
+	var rec dlq.Record
+	d, err := scanDeadLetter(withExtra{row, []any{&rec.ReplayCount, &rec.UpdatedAt}})
+	if err != nil {
+		return nil, err
+	}
+	rec.DeadLetter = *d
+	return &rec, nil
+}
+
+// filterSQL returns the WHERE clause of f, its arguments appended to args. paging adds
+// f.AfterID.
+func filterSQL(f dlq.Filter, args []any, paging bool) (string, []any) {
+	var conds []string
+	add := func(cond string, v any) {
+		args = append(args, v)
+		conds = append(conds, strings.ReplaceAll(cond, "$?", "$"+strconv.Itoa(len(args))))
+	}
+	if len(f.IDs) > 0 {
+		add("id = ANY($?::bigint[])", f.IDs)
+	}
+	if f.Consumer != "" {
+		add("consumer = $?", f.Consumer)
+	}
+	if f.Topic != "" {
+		add("topic = $?", f.Topic)
+	}
+	if f.Fingerprint != "" {
+		add("fingerprint = $?", f.Fingerprint)
+	}
+	if f.EventType != "" {
+		add("event_type = $?", f.EventType)
+	}
+	if f.Status != "" {
+		add("status = $?", string(f.Status))
+	}
+	if !f.Since.IsZero() {
+		add("dead_lettered_at >= $?", f.Since)
+	}
+	if !f.Until.IsZero() {
+		add("dead_lettered_at < $?", f.Until)
+	}
+	if paging && f.AfterID > 0 {
+		add("id > $?", f.AfterID)
+	}
+	if len(conds) == 0 {
+		return "", args
+	}
+	return " WHERE " + strings.Join(conds, " AND "), args
+}
+
+// List returns the dead letters f selects, in ID order; see dlq.Reviewer.
+func (s *Store) List(ctx context.Context, f dlq.Filter) ([]*dlq.Record, error) {
+	if err := f.Validate(); err != nil {
+		return nil, err
+	}
+	where, args := filterSQL(f, nil, true)
+	q := "SELECT " + recordColumns + " FROM " + s.schema + ".dead_letters" + where + " ORDER BY id"
+	if f.Limit > 0 {
+		args = append(args, f.Limit)
+		q += " LIMIT $" + strconv.Itoa(len(args))
+	}
+	rows, err := s.pool.Query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list dead letters: %w", err)
+	}
+	defer rows.Close()
+	var out []*dlq.Record
+	for rows.Next() {
+		rec, err := scanRecord(rows)
+		if err != nil {
+			return nil, fmt.Errorf("postgres: list dead letters: %w", err)
+		}
+		out = append(out, rec)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("postgres: list dead letters: %w", err)
+	}
+	return out, nil
+}
+
+// Get returns the dead letter with the given ID, or an error wrapping dlq.ErrNotFound.
+func (s *Store) Get(ctx context.Context, id int64) (*dlq.Record, error) {
+	row := s.pool.QueryRow(ctx, "SELECT "+recordColumns+" FROM "+s.schema+".dead_letters WHERE id = $1", id)
+	rec, err := scanRecord(row)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("postgres: dead letter %d: %w", id, dlq.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("postgres: read dead letter %d: %w", id, err)
+	}
+	return rec, nil
+}
+
+// Report groups the dead letters f selects by consumer, topic and fingerprint; see
+// dlq.Reviewer. It reads the selected rows once.
+func (s *Store) Report(ctx context.Context, f dlq.Filter) ([]dlq.Group, error) {
+	f.AfterID, f.Limit = 0, 0
+	if err := f.Validate(); err != nil {
+		return nil, err
+	}
+	where, args := filterSQL(f, []any{dlq.GroupSamples}, false)
+	q := `SELECT consumer, topic, fingerprint, count(*), min(dead_lettered_at), max(dead_lettered_at),
+    max(error) FILTER (WHERE newest = 1),
+    array_agg(id ORDER BY id) FILTER (WHERE oldest <= $1),
+    array_agg(event_id ORDER BY id) FILTER (WHERE oldest <= $1)
+FROM (
+    SELECT id, consumer, topic, fingerprint, event_id, error, dead_lettered_at,
+        row_number() OVER (PARTITION BY consumer, topic, fingerprint ORDER BY dead_lettered_at DESC, id DESC) AS newest,
+        row_number() OVER (PARTITION BY consumer, topic, fingerprint ORDER BY id) AS oldest
+    FROM ` + s.schema + `.dead_letters` + where + `
+) AS d
+GROUP BY consumer, topic, fingerprint
+ORDER BY count(*) DESC, min(dead_lettered_at), consumer, topic, fingerprint`
+	rows, err := s.pool.Query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: report dead letters: %w", err)
+	}
+	defer rows.Close()
+	var out []dlq.Group
+	for rows.Next() {
+		var g dlq.Group
+		if err := rows.Scan(&g.Consumer, &g.Topic, &g.Fingerprint, &g.Count, &g.FirstSeen, &g.LastSeen,
+			&g.SampleError, &g.SampleIDs, &g.SampleEventIDs); err != nil {
+			return nil, fmt.Errorf("postgres: report dead letters: %w", err)
+		}
+		out = append(out, g)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("postgres: report dead letters: %w", err)
+	}
+	return out, nil
+}
+
+// ResetAttempts forgets the failed attempts counted for the events of the dead letters
+// ids; see dlq.Reviewer.
+func (s *Store) ResetAttempts(ctx context.Context, ids []int64) error {
+	_, err := s.pool.Exec(ctx, `DELETE FROM `+s.schema+`.attempts AS a
+USING `+s.schema+`.dead_letters AS d
+WHERE d.id = ANY($1::bigint[]) AND a.consumer = d.consumer AND a.event_id = d.event_id`, ids)
+	if err != nil {
+		return fmt.Errorf("postgres: reset attempts: %w", err)
+	}
+	return nil
+}
+
+// MarkReplayed records that the dead letters c.IDs were republished; see dlq.Reviewer.
+func (s *Store) MarkReplayed(ctx context.Context, c dlq.Change) (dlq.AuditEntry, error) {
+	seen := make([]int64, len(c.IDs))
+	for i, id := range c.IDs {
+		seen[i] = -1
+		if n, ok := c.Counts[id]; ok {
+			seen[i] = int64(n)
+		}
+	}
+	return s.change(ctx, dlq.ActionReplay, c, `UPDATE `+s.schema+`.dead_letters AS d SET
+    replay_count = d.replay_count + 1,
+    status       = CASE WHEN c.seen < 0 OR d.count = c.seen THEN 'replayed' ELSE d.status END,
+    updated_at   = now()
+FROM unnest($1::bigint[], $2::bigint[]) AS c(id, seen)
+WHERE d.id = c.id
+RETURNING d.id`, c.IDs, seen)
+}
+
+// Discard sets the status of the dead letters c.IDs to discarded, with c.Reason; see
+// dlq.Reviewer.
+func (s *Store) Discard(ctx context.Context, c dlq.Change) (dlq.AuditEntry, error) {
+	return s.change(ctx, dlq.ActionDiscard, c, s.setStatusSQL(dlq.StatusDiscarded), c.IDs)
+}
+
+// Resolve sets the status of the dead letters c.IDs to resolved; see dlq.Reviewer.
+func (s *Store) Resolve(ctx context.Context, c dlq.Change) (dlq.AuditEntry, error) {
+	return s.change(ctx, dlq.ActionResolve, c, s.setStatusSQL(dlq.StatusResolved), c.IDs)
+}
+
+func (s *Store) setStatusSQL(st dlq.Status) string {
+	return `UPDATE ` + s.schema + `.dead_letters SET status = '` + string(st) + `', updated_at = now()
+WHERE id = ANY($1::bigint[]) AND status <> '` + string(st) + `'
+RETURNING id`
+}
+
+// change runs update, which returns the IDs it changed, and writes the audit entry
+// listing them, in one transaction.
+func (s *Store) change(ctx context.Context, a dlq.Action, c dlq.Change, update string, args ...any) (dlq.AuditEntry, error) {
+	if err := c.Validate(a); err != nil {
+		return dlq.AuditEntry{}, err
+	}
+	var entry dlq.AuditEntry
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, update, args...)
+		if err != nil {
+			return err
+		}
+		ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil {
+			return err
+		}
+		slices.Sort(ids)
+		entry = dlq.AuditEntry{
+			Action: a, OSUser: c.Actor.OSUser, Host: c.Actor.Host,
+			Selector: c.Selector, Reason: c.Reason, DeadLetterIDs: ids,
+		}
+		if len(ids) == 0 {
+			return nil
+		}
+		return tx.QueryRow(ctx, `INSERT INTO `+s.schema+`.dead_letter_audit
+    (action, os_user, host, selector, reason, dead_letter_ids)
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING id, at, db_role`, string(a), c.Actor.OSUser, c.Actor.Host, c.Selector, c.Reason, ids).
+			Scan(&entry.ID, &entry.At, &entry.DBRole)
+	})
+	if err != nil {
+		return dlq.AuditEntry{}, fmt.Errorf("postgres: %s dead letters: %w", a, err)
+	}
+	return entry, nil
+}
+
+// Audit returns the audit entries f selects, in ID order; see dlq.Reviewer.
+func (s *Store) Audit(ctx context.Context, f dlq.AuditFilter) ([]dlq.AuditEntry, error) {
+	if err := f.Validate(); err != nil {
+		return nil, err
+	}
+	var conds []string
+	var args []any
+	add := func(cond string, v any) {
+		args = append(args, v)
+		conds = append(conds, strings.ReplaceAll(cond, "$?", "$"+strconv.Itoa(len(args))))
+	}
+	if f.Action != "" {
+		add("action = $?", string(f.Action))
+	}
+	if f.DeadLetterID != 0 {
+		add("dead_letter_ids @> ARRAY[$?::bigint]", f.DeadLetterID)
+	}
+	if !f.Since.IsZero() {
+		add("at >= $?", f.Since)
+	}
+	if !f.Until.IsZero() {
+		add("at < $?", f.Until)
+	}
+	if f.AfterID > 0 {
+		add("id > $?", f.AfterID)
+	}
+	q := "SELECT id, at, action, os_user, host, db_role, selector, reason, dead_letter_ids FROM " + s.schema + ".dead_letter_audit"
+	if len(conds) > 0 {
+		q += " WHERE " + strings.Join(conds, " AND ")
+	}
+	q += " ORDER BY id"
+	if f.Limit > 0 {
+		args = append(args, f.Limit)
+		q += " LIMIT $" + strconv.Itoa(len(args))
+	}
+	rows, err := s.pool.Query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: read audit: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (dlq.AuditEntry, error) {
+		var e dlq.AuditEntry
+		var action string
+		err := row.Scan(&e.ID, &e.At, &action, &e.OSUser, &e.Host, &e.DBRole, &e.Selector, &e.Reason, &e.DeadLetterIDs)
+		e.Action = dlq.Action(action)
+		return e, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("postgres: read audit: %w", err)
+	}
+	return out, nil
+}

@@ -1,0 +1,348 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/idemkit/idem/dlq"
+)
+
+var _ dlq.Reviewer = (*Store)(nil)
+
+// timeFormat is how the store keeps times: UTC text with milliseconds, which sorts and
+// compares as text.
+const timeFormat = "2006-01-02T15:04:05.000Z"
+
+func timeParam(t time.Time) string { return t.UTC().Format(timeFormat) }
+
+type scanner interface {
+	Scan(dest ...any) error
+}
+
+// withExtra scans the columns of deadLetterColumns into what scanDeadLetter expects,
+// then the extra columns that follow them into extra.
+type withExtra struct {
+	row   scanner
+	extra []any
+}
+
+func (r withExtra) Scan(dest ...any) error { return r.row.Scan(append(dest, r.extra...)...) }
+
+const recordColumns = deadLetterColumns + `, replay_count, updated_at`
+
+func scanRecord(row scanner) (*dlq.Record, error) {
+	var rec dlq.Record
+	d, err := scanDeadLetter(withExtra{row, []any{&rec.ReplayCount, timeText{&rec.UpdatedAt}}})
+	if err != nil {
+		return nil, err
+	}
+	rec.DeadLetter = *d
+	return &rec, nil
+}
+
+// jsonIDs encodes ids as a JSON array, for json_each.
+func jsonIDs(ids []int64) string {
+	b, _ := json.Marshal(ids) // a []int64 always encodes
+	return string(b)
+}
+
+// filterSQL returns the WHERE clause of f, its arguments appended to args. paging adds
+// f.AfterID.
+func filterSQL(f dlq.Filter, args []any, paging bool) (string, []any) {
+	var conds []string
+	add := func(cond string, v any) {
+		args = append(args, v)
+		conds = append(conds, strings.ReplaceAll(cond, "?N", "?"+strconv.Itoa(len(args))))
+	}
+	if len(f.IDs) > 0 {
+		add("id IN (SELECT value FROM json_each(?N))", jsonIDs(f.IDs))
+	}
+	if f.Consumer != "" {
+		add("consumer = ?N", f.Consumer)
+	}
+	if f.Topic != "" {
+		add("topic = ?N", f.Topic)
+	}
+	if f.Fingerprint != "" {
+		add("fingerprint = ?N", f.Fingerprint)
+	}
+	if f.EventType != "" {
+		add("event_type = ?N", f.EventType)
+	}
+	if f.Status != "" {
+		add("status = ?N", string(f.Status))
+	}
+	if !f.Since.IsZero() {
+		add("dead_lettered_at >= ?N", timeParam(f.Since))
+	}
+	if !f.Until.IsZero() {
+		add("dead_lettered_at < ?N", timeParam(f.Until))
+	}
+	if paging && f.AfterID > 0 {
+		add("id > ?N", f.AfterID)
+	}
+	if len(conds) == 0 {
+		return "", args
+	}
+	return " WHERE " + strings.Join(conds, " AND "), args
+}
+
+// List returns the dead letters f selects, in ID order; see dlq.Reviewer. It reads
+// without waiting for writers.
+func (s *Store) List(ctx context.Context, f dlq.Filter) ([]*dlq.Record, error) {
+	if err := f.Validate(); err != nil {
+		return nil, err
+	}
+	where, args := filterSQL(f, nil, true)
+	q := "SELECT " + recordColumns + " FROM dead_letters" + where + " ORDER BY id"
+	if f.Limit > 0 {
+		args = append(args, f.Limit)
+		q += " LIMIT ?" + strconv.Itoa(len(args))
+	}
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, &storeError{Op: "list dead letters", Err: err}
+	}
+	defer rows.Close()
+	var out []*dlq.Record
+	for rows.Next() {
+		rec, err := scanRecord(rows)
+		if err != nil {
+			return nil, &storeError{Op: "list dead letters", Err: err}
+		}
+		out = append(out, rec)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, &storeError{Op: "list dead letters", Err: err}
+	}
+	return out, nil
+}
+
+// Get returns the dead letter with the given ID, or an error wrapping dlq.ErrNotFound.
+func (s *Store) Get(ctx context.Context, id int64) (*dlq.Record, error) {
+	row := s.db.QueryRowContext(ctx, "SELECT "+recordColumns+" FROM dead_letters WHERE id = ?1", id)
+	rec, err := scanRecord(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("sqlite: dead letter %d: %w", id, dlq.ErrNotFound)
+	}
+	if err != nil {
+		return nil, &storeError{Op: "read dead letter " + strconv.FormatInt(id, 10), Err: err}
+	}
+	return rec, nil
+}
+
+// Report groups the dead letters f selects by consumer, topic and fingerprint; see
+// dlq.Reviewer. It reads the selected rows once, without waiting for writers.
+func (s *Store) Report(ctx context.Context, f dlq.Filter) ([]dlq.Group, error) {
+	f.AfterID, f.Limit = 0, 0
+	if err := f.Validate(); err != nil {
+		return nil, err
+	}
+	where, args := filterSQL(f, []any{dlq.GroupSamples}, false)
+	q := `SELECT consumer, topic, fingerprint, count(*), min(dead_lettered_at), max(dead_lettered_at),
+    max(error) FILTER (WHERE newest = 1),
+    json_group_array(id ORDER BY id) FILTER (WHERE oldest <= ?1),
+    json_group_array(event_id ORDER BY id) FILTER (WHERE oldest <= ?1)
+FROM (
+    SELECT id, consumer, topic, fingerprint, event_id, error, dead_lettered_at,
+        row_number() OVER (PARTITION BY consumer, topic, fingerprint ORDER BY dead_lettered_at DESC, id DESC) AS newest,
+        row_number() OVER (PARTITION BY consumer, topic, fingerprint ORDER BY id) AS oldest
+    FROM dead_letters` + where + `
+) AS d
+GROUP BY consumer, topic, fingerprint
+ORDER BY count(*) DESC, min(dead_lettered_at), consumer, topic, fingerprint`
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, &storeError{Op: "report dead letters", Err: err}
+	}
+	defer rows.Close()
+	var out []dlq.Group
+	for rows.Next() {
+		var g dlq.Group
+		var ids, eventIDs string
+		if err := rows.Scan(&g.Consumer, &g.Topic, &g.Fingerprint, &g.Count, timeText{&g.FirstSeen}, timeText{&g.LastSeen},
+			&g.SampleError, &ids, &eventIDs); err != nil {
+			return nil, &storeError{Op: "report dead letters", Err: err}
+		}
+		if err := json.Unmarshal([]byte(ids), &g.SampleIDs); err != nil {
+			return nil, fmt.Errorf("sqlite: report dead letters: %w", err)
+		}
+		if err := json.Unmarshal([]byte(eventIDs), &g.SampleEventIDs); err != nil {
+			return nil, fmt.Errorf("sqlite: report dead letters: %w", err)
+		}
+		out = append(out, g)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, &storeError{Op: "report dead letters", Err: err}
+	}
+	return out, nil
+}
+
+// ResetAttempts forgets the failed attempts counted for the events of the dead letters
+// ids; see dlq.Reviewer.
+func (s *Store) ResetAttempts(ctx context.Context, ids []int64) error {
+	return s.write(ctx, "reset attempts", func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `DELETE FROM attempts WHERE (consumer, event_id) IN (
+    SELECT consumer, event_id FROM dead_letters WHERE id IN (SELECT value FROM json_each(?1)))`, jsonIDs(ids))
+		return err
+	})
+}
+
+// MarkReplayed records that the dead letters c.IDs were republished; see dlq.Reviewer.
+func (s *Store) MarkReplayed(ctx context.Context, c dlq.Change) (dlq.AuditEntry, error) {
+	return s.change(ctx, dlq.ActionReplay, c, func(tx *sql.Tx) ([]int64, error) {
+		var ids []int64
+		for _, id := range c.IDs {
+			seen := -1
+			if n, ok := c.Counts[id]; ok {
+				seen = n
+			}
+			var got int64
+			err := tx.QueryRowContext(ctx, `UPDATE dead_letters SET
+    replay_count = replay_count + 1,
+    status       = CASE WHEN ?2 < 0 OR count = ?2 THEN 'replayed' ELSE status END,
+    updated_at   = `+nowSQL+`
+WHERE id = ?1
+RETURNING id`, id, seen).Scan(&got)
+			if errors.Is(err, sql.ErrNoRows) {
+				continue
+			}
+			if err != nil {
+				return nil, err
+			}
+			ids = append(ids, got)
+		}
+		return ids, nil
+	})
+}
+
+// Discard sets the status of the dead letters c.IDs to discarded, with c.Reason; see
+// dlq.Reviewer.
+func (s *Store) Discard(ctx context.Context, c dlq.Change) (dlq.AuditEntry, error) {
+	return s.change(ctx, dlq.ActionDiscard, c, s.setStatus(ctx, dlq.StatusDiscarded, c.IDs))
+}
+
+// Resolve sets the status of the dead letters c.IDs to resolved; see dlq.Reviewer.
+func (s *Store) Resolve(ctx context.Context, c dlq.Change) (dlq.AuditEntry, error) {
+	return s.change(ctx, dlq.ActionResolve, c, s.setStatus(ctx, dlq.StatusResolved, c.IDs))
+}
+
+func (s *Store) setStatus(ctx context.Context, st dlq.Status, ids []int64) func(tx *sql.Tx) ([]int64, error) {
+	return func(tx *sql.Tx) ([]int64, error) {
+		rows, err := tx.QueryContext(ctx, `UPDATE dead_letters SET status = ?1, updated_at = `+nowSQL+`
+WHERE id IN (SELECT value FROM json_each(?2)) AND status <> ?1
+RETURNING id`, string(st), jsonIDs(ids))
+		if err != nil {
+			return nil, err
+		}
+		defer rows.Close()
+		var out []int64
+		for rows.Next() {
+			var id int64
+			if err := rows.Scan(&id); err != nil {
+				return nil, err
+			}
+			out = append(out, id)
+		}
+		return out, rows.Err()
+	}
+}
+
+// change runs update, which returns the IDs it changed, and writes the audit entry
+// listing them, in one write transaction.
+func (s *Store) change(ctx context.Context, a dlq.Action, c dlq.Change, update func(tx *sql.Tx) ([]int64, error)) (dlq.AuditEntry, error) {
+	if err := c.Validate(a); err != nil {
+		return dlq.AuditEntry{}, err
+	}
+	var entry dlq.AuditEntry
+	err := s.write(ctx, string(a)+" dead letters", func(tx *sql.Tx) error {
+		ids, err := update(tx)
+		if err != nil {
+			return err
+		}
+		slices.Sort(ids)
+		entry = dlq.AuditEntry{
+			Action: a, OSUser: c.Actor.OSUser, Host: c.Actor.Host,
+			Selector: c.Selector, Reason: c.Reason, DeadLetterIDs: ids,
+		}
+		if len(ids) == 0 {
+			return nil
+		}
+		return tx.QueryRowContext(ctx, `INSERT INTO dead_letter_audit
+    (action, os_user, host, selector, reason, dead_letter_ids)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+RETURNING id, at, db_role`, string(a), c.Actor.OSUser, c.Actor.Host, c.Selector, c.Reason, jsonIDs(ids)).
+			Scan(&entry.ID, timeText{&entry.At}, &entry.DBRole)
+	})
+	if err != nil {
+		return dlq.AuditEntry{}, err
+	}
+	return entry, nil
+}
+
+// Audit returns the audit entries f selects, in ID order; see dlq.Reviewer. It reads
+// without waiting for writers.
+func (s *Store) Audit(ctx context.Context, f dlq.AuditFilter) ([]dlq.AuditEntry, error) {
+	if err := f.Validate(); err != nil {
+		return nil, err
+	}
+	var conds []string
+	var args []any
+	add := func(cond string, v any) {
+		args = append(args, v)
+		conds = append(conds, strings.ReplaceAll(cond, "?N", "?"+strconv.Itoa(len(args))))
+	}
+	if f.Action != "" {
+		add("action = ?N", string(f.Action))
+	}
+	if f.DeadLetterID != 0 {
+		add("EXISTS (SELECT 1 FROM json_each(dead_letter_ids) WHERE value = ?N)", f.DeadLetterID)
+	}
+	if !f.Since.IsZero() {
+		add("at >= ?N", timeParam(f.Since))
+	}
+	if !f.Until.IsZero() {
+		add("at < ?N", timeParam(f.Until))
+	}
+	if f.AfterID > 0 {
+		add("id > ?N", f.AfterID)
+	}
+	q := "SELECT id, at, action, os_user, host, db_role, selector, reason, dead_letter_ids FROM dead_letter_audit"
+	if len(conds) > 0 {
+		q += " WHERE " + strings.Join(conds, " AND ")
+	}
+	q += " ORDER BY id"
+	if f.Limit > 0 {
+		args = append(args, f.Limit)
+		q += " LIMIT ?" + strconv.Itoa(len(args))
+	}
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, &storeError{Op: "read audit", Err: err}
+	}
+	defer rows.Close()
+	var out []dlq.AuditEntry
+	for rows.Next() {
+		var e dlq.AuditEntry
+		var action, ids string
+		if err := rows.Scan(&e.ID, timeText{&e.At}, &action, &e.OSUser, &e.Host, &e.DBRole, &e.Selector, &e.Reason, &ids); err != nil {
+			return nil, &storeError{Op: "read audit", Err: err}
+		}
+		e.Action = dlq.Action(action)
+		if err := json.Unmarshal([]byte(ids), &e.DeadLetterIDs); err != nil {
+			return nil, fmt.Errorf("sqlite: read audit: %w", err)
+		}
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, &storeError{Op: "read audit", Err: err}
+	}
+	return out, nil
+}
