@@ -171,3 +171,65 @@ func TestEventKey(t *testing.T) {
 		require.False(t, ok)
 	})
 }
+
+func TestOutcome(t *testing.T) {
+	t.Parallel()
+
+	t.Run("ReadableAroundTheStack", func(t *testing.T) {
+		t.Parallel()
+		store := deduptest.NewMemoryStore()
+		dedupe, err := middleware.Dedup(middleware.DedupConfig{Store: store, Consumer: "orders", Logger: testLogger(t)})
+		require.NoError(t, err)
+		var during []bool
+		h := dedupe(func(msg *message.Message) ([]*message.Message, error) {
+			_, ok := middleware.Outcome(msg.Context())
+			during = append(during, ok)
+			return nil, nil
+		})
+		// As a router-level middleware would: read it after the stack returned.
+		outer := func(msg *message.Message) (dedup.Outcome, bool) {
+			_, err := h(msg)
+			require.NoError(t, err)
+			return middleware.Outcome(msg.Context())
+		}
+		msg := newMessage("evt-1", "x")
+		got, ok := outer(msg)
+		require.True(t, ok)
+		require.Equal(t, dedup.Processed, got)
+		got, ok = outer(redeliver(msg))
+		require.True(t, ok)
+		require.Equal(t, dedup.Duplicate, got)
+		require.Equal(t, []bool{false}, during, "not decided while the handler runs")
+
+		_, ok = middleware.Outcome(context.Background())
+		require.False(t, ok)
+	})
+
+	t.Run("AContextHandedOnDoesNotShareTheDelivery", func(t *testing.T) {
+		t.Parallel()
+		// gochannel with PreserveContext, or a handler giving its produced message its
+		// own context: the next consumer of that message must start afresh.
+		store := deduptest.NewMemoryStore()
+		dedupe, err := middleware.Dedup(middleware.DedupConfig{Store: store, Consumer: "orders", Logger: testLogger(t)})
+		require.NoError(t, err)
+		var handedOn context.Context
+		_, err = dedupe(func(msg *message.Message) ([]*message.Message, error) {
+			handedOn = msg.Context()
+			return nil, nil
+		})(newMessage("evt-1", "x"))
+		require.NoError(t, err)
+
+		next := newMessage("evt-2", "y")
+		next.SetContext(handedOn)
+		var key dedup.Key
+		calls := 0
+		_, err = dedupe(func(msg *message.Message) ([]*message.Message, error) {
+			calls++
+			key, _ = middleware.EventKey(msg.Context())
+			return nil, nil
+		})(next)
+		require.NoError(t, err)
+		require.Equal(t, 1, calls, "evt-2 is not taken for a duplicate of evt-1")
+		require.Equal(t, "evt-2", key.EventID)
+	})
+}

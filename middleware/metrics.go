@@ -99,17 +99,24 @@ type meters struct {
 
 type attrKey struct{ consumer, topic string }
 
-// attrSets are the attribute sets of one consumer and topic, made once: building an
-// attribute set allocates, and every delivery needs several.
+// attrSets are the measurement options of one consumer and topic, made once: building
+// an attribute set, and the variadic slice of options, allocates, and every delivery
+// needs several.
 type attrSets struct {
-	base    metric.MeasurementOption
-	outcome [dedup.Deferred + 1]metric.MeasurementOption
-	claim   [claimFailed + 1]metric.MeasurementOption
-	handler [2]metric.MeasurementOption // ok, error
+	base    measureOpts
+	outcome [dedup.Deferred + 1]measureOpts
+	claim   [claimFailed + 1]measureOpts
+	handler [2]measureOpts // ok, error
 
 	mu         sync.Mutex
-	reason     map[dlq.Reason]metric.MeasurementOption
-	reasonWith func(...attribute.KeyValue) metric.MeasurementOption
+	reason     map[dlq.Reason]measureOpts
+	reasonWith func(...attribute.KeyValue) measureOpts
+}
+
+// measureOpts holds one attribute set as the options of Add and of Record.
+type measureOpts struct {
+	add    []metric.AddOption
+	record []metric.RecordOption
 }
 
 func (m *meters) attrs(consumer, topic string) *attrSets {
@@ -126,10 +133,11 @@ func (m *meters) attrs(consumer, topic string) *attrSets {
 		return s
 	}
 	c, t := attribute.String("consumer", consumer), attribute.String("topic", topic)
-	with := func(kv ...attribute.KeyValue) metric.MeasurementOption {
-		return metric.WithAttributeSet(attribute.NewSet(append([]attribute.KeyValue{c, t}, kv...)...))
+	with := func(kv ...attribute.KeyValue) measureOpts {
+		o := metric.WithAttributeSet(attribute.NewSet(append([]attribute.KeyValue{c, t}, kv...)...))
+		return measureOpts{add: []metric.AddOption{o}, record: []metric.RecordOption{o}}
 	}
-	s = &attrSets{base: with(), reason: map[dlq.Reason]metric.MeasurementOption{}}
+	s = &attrSets{base: with(), reason: map[dlq.Reason]measureOpts{}, reasonWith: with}
 	for o := dedup.Processed; o <= dedup.Deferred; o++ {
 		s.outcome[o] = with(attribute.String("outcome", o.String()))
 	}
@@ -138,12 +146,11 @@ func (m *meters) attrs(consumer, topic string) *attrSets {
 	}
 	s.handler[0] = with(attribute.String("result", "ok"))
 	s.handler[1] = with(attribute.String("result", "error"))
-	s.reasonWith = with
 	m.sets[k] = s
 	return s
 }
 
-func (s *attrSets) forReason(r dlq.Reason) metric.MeasurementOption {
+func (s *attrSets) forReason(r dlq.Reason) measureOpts {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	o, ok := s.reason[r]
@@ -169,23 +176,23 @@ func (m *meters) middleware(h message.HandlerFunc) message.HandlerFunc {
 		}
 		s := m.attrs(consumer, message.SubscribeTopicFromCtx(ctx))
 		outcome := finalOutcome(ctx, d, err)
-		m.messages.Add(ctx, 1, s.outcome[outcome])
-		m.delivery.Record(ctx, took.Seconds(), s.outcome[outcome])
+		m.messages.Add(ctx, 1, s.outcome[outcome].add...)
+		m.delivery.Record(ctx, took.Seconds(), s.outcome[outcome].record...)
 		for _, t := range d.timings {
-			m.claim.Record(ctx, t.claim.Seconds(), s.claim[t.result])
+			m.claim.Record(ctx, t.claim.Seconds(), s.claim[t.result].record...)
 			if t.ran {
 				i := 0
 				if t.handlerErr {
 					i = 1
 				}
-				m.handler.Record(ctx, t.handler.Seconds(), s.handler[i])
+				m.handler.Record(ctx, t.handler.Seconds(), s.handler[i].record...)
 			}
 		}
 		if d.retries > 0 {
-			m.retries.Add(ctx, int64(d.retries), s.base)
+			m.retries.Add(ctx, int64(d.retries), s.base.add...)
 		}
 		if outcome == dedup.DeadLettered && d.letter != nil {
-			m.deadLetters.Add(ctx, 1, s.forReason(d.letter.Reason))
+			m.deadLetters.Add(ctx, 1, s.forReason(d.letter.Reason).add...)
 		}
 		return produced, err
 	}

@@ -3,8 +3,10 @@ package middleware
 import (
 	"errors"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -25,11 +27,6 @@ const instrumentationScope = "github.com/idemkit/idem/middleware"
 // DefaultMessagingSystem is the messaging.system attribute of spans unless
 // TraceConfig.System or PublisherConfig.System says otherwise.
 const DefaultMessagingSystem = "watermill"
-
-// ReplayCountKey is the metadata key a replayed dead letter carries: how many times it
-// was replayed. [Trace] starts a new trace for a replayed message, linked to the
-// trace the message first came with.
-const ReplayCountKey = "idem_replay_count"
 
 // Span attribute keys that idem adds to the OpenTelemetry messaging conventions; see
 // docs/observability.md.
@@ -74,8 +71,8 @@ type TraceConfig struct {
 // the OpenTelemetry messaging semantic conventions. Its parent is the trace context
 // the message metadata carries (W3C traceparent and tracestate, or what the
 // propagator reads); a message without one, or with a malformed one, starts a new
-// trace, and never fails. A replayed message (metadata [ReplayCountKey]) starts a new
-// trace linked to the one it first came with.
+// trace, and never fails. A replayed message (metadata [dlq.ReplayCountKey]) starts a
+// new trace linked to the one it first came with.
 //
 // The span is in the message context while the stack below runs, so the handler's own
 // spans are its children and a dead letter records its trace and span IDs. When the
@@ -96,6 +93,7 @@ func Trace(cfg TraceConfig) (message.HandlerMiddleware, error) {
 		system:   attribute.String("messaging.system", strings.TrimSpace(cfg.System)),
 		consumer: cfg.Consumer,
 		group:    cfg.ConsumerGroup,
+		starts:   map[startKey]*spanStart{},
 	}
 	if t.system.Value.AsString() == "" {
 		t.system = attribute.String("messaging.system", DefaultMessagingSystem)
@@ -109,6 +107,51 @@ type tracer struct {
 	system   attribute.KeyValue
 	consumer string
 	group    string
+
+	mu     sync.RWMutex
+	starts map[startKey]*spanStart
+}
+
+type startKey struct{ topic, consumer string }
+
+// spanStart is the name and start options of the spans of one topic and consumer,
+// made once: they allocate, and they are the same for every delivery.
+type spanStart struct {
+	name string
+	opts []trace.SpanStartOption
+}
+
+func (t *tracer) start(topic, consumer string) *spanStart {
+	k := startKey{topic, consumer}
+	t.mu.RLock()
+	s := t.starts[k]
+	t.mu.RUnlock()
+	if s != nil {
+		return s
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if s = t.starts[k]; s != nil {
+		return s
+	}
+	group := t.group
+	if group == "" {
+		group = consumer
+	}
+	s = &spanStart{name: "process"}
+	if topic != "" {
+		s.name += " " + topic
+	}
+	// The attributes a sampler may look at, as the messaging conventions list them;
+	// the others are set only on a span that records.
+	s.opts = []trace.SpanStartOption{
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(t.system, operationProcess, operationNameProcess,
+			attribute.String("messaging.destination.name", topic),
+			attribute.String("messaging.consumer.group.name", group)),
+	}
+	t.starts[k] = s
+	return s
 }
 
 var (
@@ -122,43 +165,35 @@ func (t *tracer) middleware(h message.HandlerFunc) message.HandlerFunc {
 		ctx := msg.Context()
 		topic := message.SubscribeTopicFromCtx(ctx)
 		consumer := consumerName(ctx, t.consumer)
-		group := t.group
-		if group == "" {
-			group = consumer
-		}
-		name := "process"
-		if topic != "" {
-			name += " " + topic
-		}
-		attrs := make([]attribute.KeyValue, 0, 12)
-		attrs = append(attrs, t.system, operationProcess, operationNameProcess,
-			attribute.String("messaging.destination.name", topic),
-			attribute.String("messaging.consumer.group.name", group),
-			attribute.String("messaging.message.id", attrText(msg.UUID)),
-			attribute.Int("messaging.message.body.size", len(msg.Payload)),
-			attribute.String(attrConsumer, consumer))
-		if id, ok := CorrelationID(ctx); ok {
-			attrs = append(attrs, attribute.String("messaging.message.conversation_id", attrText(id)))
-		}
-		opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer)}
+		start := t.start(topic, consumer)
+		opts := start.opts
 		parent := t.prop.extract(ctx, msg.Metadata)
-		if replays, ok := msg.Metadata[ReplayCountKey]; ok {
+		replays, replayed := msg.Metadata[dlq.ReplayCountKey]
+		if replayed {
 			// A replay is a new piece of work an operator started, not a continuation of
 			// the delivery that failed: a new trace, linked to the original one.
-			opts = append(opts, trace.WithNewRoot())
+			opts = append(slices.Clip(opts), trace.WithNewRoot())
 			if origin := trace.SpanContextFromContext(parent); origin.IsValid() && !origin.Equal(trace.SpanContextFromContext(ctx)) {
 				opts = append(opts, trace.WithLinks(trace.Link{
 					SpanContext: origin,
 					Attributes:  []attribute.KeyValue{attribute.String(linkTypeKey, linkTypeReplayedTrace)},
 				}))
 			}
-			if n, err := strconv.Atoi(replays); err == nil {
-				attrs = append(attrs, attribute.Int(attrReplayCount, n))
+		}
+		spanCtx, span := t.tracer.Start(parent, start.name, opts...)
+		msg.SetContext(spanCtx)
+		if span.IsRecording() {
+			span.SetAttributes(
+				attribute.String("messaging.message.id", attrText(msg.UUID)),
+				attribute.Int("messaging.message.body.size", len(msg.Payload)),
+				attribute.String(attrConsumer, consumer))
+			if id, ok := CorrelationID(ctx); ok {
+				span.SetAttributes(attribute.String("messaging.message.conversation_id", attrText(id)))
+			}
+			if n, err := strconv.Atoi(replays); replayed && err == nil {
+				span.SetAttributes(attribute.Int(attrReplayCount, n))
 			}
 		}
-		opts = append(opts, trace.WithAttributes(attrs...))
-		spanCtx, span := t.tracer.Start(parent, name, opts...)
-		msg.SetContext(spanCtx)
 		defer func() {
 			if v := recover(); v != nil {
 				span.SetStatus(codes.Error, "panic in idem's middleware")
@@ -195,8 +230,8 @@ func (t *tracer) finish(span trace.Span, msg *message.Message, d *delivery, err 
 	outcome := finalOutcome(msg.Context(), d, err)
 	attrs := make([]attribute.KeyValue, 0, 8)
 	attempts := d.attempt
-	if d.keyErr != nil {
-		attempts = 0 // dead-lettered before any attempt
+	if l := d.letter; d.keyErr != nil || l != nil && l.Reason == dlq.ReasonCrashLooped && len(d.failed) == 0 {
+		attempts = 0 // dead-lettered before any attempt ran
 	}
 	attrs = append(attrs, attribute.String(attrOutcome, outcome.String()), attribute.Int(attrAttempts, attempts))
 	if d.keyed {

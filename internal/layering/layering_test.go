@@ -47,3 +47,15 @@ func TestRetryImportsOnlyTheStandardLibrary(t *testing.T) {
 		require.True(t, dep == module+"/retry" || !strings.Contains(first, "."), "retry depends on %s", dep)
 	}
 }
+
+// TestCoreImportsNoOpenTelemetrySDK: the core packages use the OpenTelemetry API only;
+// the SDK and exporters are for tests and examples (DESIGN §5, STYLE §2.15).
+func TestCoreImportsNoOpenTelemetrySDK(t *testing.T) {
+	t.Parallel()
+	core := []string{module + "/consumer", module + "/middleware", module + "/retry", module + "/dedup", module + "/dlq"}
+	for _, dep := range deps(t, core...) {
+		for _, sdk := range []string{"go.opentelemetry.io/otel/sdk", "go.opentelemetry.io/otel/exporters"} {
+			require.False(t, strings.HasPrefix(dep, sdk), "a core package depends on %s", dep)
+		}
+	}
+}

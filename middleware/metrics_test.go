@@ -1,0 +1,265 @@
+package middleware_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/attribute"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+
+	"github.com/idemkit/idem/middleware"
+	"github.com/idemkit/idem/retry"
+)
+
+// collected is what a manual reader collected, by metric name.
+type collected map[string]metricdata.Aggregation
+
+func collect(t *testing.T, r *sdkmetric.ManualReader) collected {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	require.NoError(t, r.Collect(context.Background(), &rm))
+	out := collected{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			out[m.Name] = m.Data
+		}
+	}
+	return out
+}
+
+// sum returns the int64 sum of counter name over the data points whose attributes
+// include want.
+func (c collected) sum(t *testing.T, name string, want ...attribute.KeyValue) int64 {
+	t.Helper()
+	data, ok := c[name]
+	if !ok {
+		return 0
+	}
+	s, ok := data.(metricdata.Sum[int64])
+	require.True(t, ok, "%s is an int64 sum, not %T", name, data)
+	var n int64
+	for _, dp := range s.DataPoints {
+		if hasAttrs(dp.Attributes, want) {
+			n += dp.Value
+		}
+	}
+	return n
+}
+
+// count returns how many values histogram name recorded with attributes including want.
+func (c collected) count(t *testing.T, name string, want ...attribute.KeyValue) uint64 {
+	t.Helper()
+	data, ok := c[name]
+	if !ok {
+		return 0
+	}
+	h, ok := data.(metricdata.Histogram[float64])
+	require.True(t, ok, "%s is a float64 histogram, not %T", name, data)
+	var n uint64
+	for _, dp := range h.DataPoints {
+		if hasAttrs(dp.Attributes, want) {
+			n += dp.Count
+		}
+	}
+	return n
+}
+
+// attributeKeys lists every attribute key of every data point.
+func (c collected) attributeKeys() map[string]bool {
+	keys := map[string]bool{}
+	add := func(s attribute.Set) {
+		for _, kv := range s.ToSlice() {
+			keys[string(kv.Key)] = true
+		}
+	}
+	for _, data := range c {
+		switch d := data.(type) {
+		case metricdata.Sum[int64]:
+			for _, dp := range d.DataPoints {
+				add(dp.Attributes)
+			}
+		case metricdata.Histogram[float64]:
+			for _, dp := range d.DataPoints {
+				add(dp.Attributes)
+			}
+		case metricdata.Gauge[int64]:
+			for _, dp := range d.DataPoints {
+				add(dp.Attributes)
+			}
+		case metricdata.Gauge[float64]:
+			for _, dp := range d.DataPoints {
+				add(dp.Attributes)
+			}
+		}
+	}
+	return keys
+}
+
+func hasAttrs(s attribute.Set, want []attribute.KeyValue) bool {
+	for _, kv := range want {
+		v, ok := s.Value(kv.Key)
+		if !ok || v != kv.Value {
+			return false
+		}
+	}
+	return true
+}
+
+func outcome(o string) attribute.KeyValue { return attribute.String("outcome", o) }
+
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+
+	t.Run("EachOutcomeCountedOncePerDelivery", func(t *testing.T) {
+		t.Parallel()
+		synctest.Test(t, func(t *testing.T) {
+			o := newObserved(t)
+			h, _ := handlerFailing(errBoom) // the first attempt fails, the retry succeeds
+			processed := newMessage("evt-1", "x")
+			_, err := o.stack(t, h)(processed)
+			require.NoError(t, err)
+			_, err = o.stack(t, h)(redeliver(processed)) // duplicate
+			require.NoError(t, err)
+			_, err = o.stack(t, func(*message.Message) ([]*message.Message, error) {
+				return nil, retry.Permanent(errors.New("bad payload"))
+			})(newMessage("evt-2", "x")) // dead-lettered
+			require.NoError(t, err)
+
+			o.withoutRetry = true
+			_, err = o.stack(t, func(*message.Message) ([]*message.Message, error) { return nil, errBoom })(newMessage("evt-3", "x"))
+			require.ErrorIs(t, err, errBoom) // retried: handed back
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			deferred := newMessage("evt-4", "x")
+			deferred.SetContext(ctx)
+			_, err = o.stack(t, func(*message.Message) ([]*message.Message, error) { return nil, context.Canceled })(deferred)
+			require.Error(t, err) // deferred: shutdown
+
+			c := collect(t, o.reader)
+			orders := attribute.String("consumer", "orders")
+			for _, name := range []string{"processed", "duplicate", "dead-lettered", "retried", "deferred"} {
+				require.Equal(t, int64(1), c.sum(t, "idem.messages", orders, outcome(name)), "outcome %s", name)
+				require.Equal(t, uint64(1), c.count(t, "idem.delivery.duration", orders, outcome(name)), "outcome %s", name)
+			}
+			require.Equal(t, int64(5), c.sum(t, "idem.messages"), "five deliveries, five counts")
+
+			require.Equal(t, int64(1), c.sum(t, "idem.retries", orders), "one in-process retry")
+			require.Equal(t, int64(1), c.sum(t, "idem.dead_letters", orders, attribute.String("reason", "permanent")))
+			require.Equal(t, int64(1), c.sum(t, "idem.dead_letters"))
+
+			// Attempts that claimed: evt-1 twice, evt-2, evt-3; evt-1's redelivery found
+			// the claim; evt-4 never reached the store's handler (cancelled context).
+			require.Equal(t, uint64(4), c.count(t, "idem.claim.duration", attribute.String("result", "claimed")))
+			require.Equal(t, uint64(1), c.count(t, "idem.claim.duration", attribute.String("result", "duplicate")))
+			require.Equal(t, uint64(1), c.count(t, "idem.handler.duration", attribute.String("result", "ok")))
+			require.Equal(t, uint64(3), c.count(t, "idem.handler.duration", attribute.String("result", "error")))
+		})
+	})
+
+	t.Run("OnlyLowCardinalityAttributes", func(t *testing.T) {
+		t.Parallel()
+		synctest.Test(t, func(t *testing.T) {
+			o := newObserved(t)
+			for _, id := range []string{"evt-1", "evt-2", "evt-3"} {
+				msg := newMessage(id, "payload of "+id)
+				msg.Metadata.Set(middleware.CorrelationIDKey, "corr-"+id)
+				h, _ := handlerFailing(errBoom)
+				_, err := o.stack(t, h)(msg)
+				require.NoError(t, err)
+			}
+			_, err := o.stack(t, func(*message.Message) ([]*message.Message, error) { return nil, retry.Permanent(errBoom) })(newMessage("evt-4", "x"))
+			require.NoError(t, err)
+			allowed := map[string]bool{"consumer": true, "topic": true, "outcome": true, "result": true, "reason": true}
+			for key := range collect(t, o.reader).attributeKeys() {
+				require.True(t, allowed[key], "metric attribute %q is not one of the low-cardinality ones", key)
+			}
+		})
+	})
+
+	t.Run("ConsumerDefaultsToTheHandlerName", func(t *testing.T) {
+		t.Parallel()
+		o := newObserved(t)
+		metrics, err := middleware.Metrics(middleware.MetricsConfig{MeterProvider: o.mp})
+		require.NoError(t, err)
+		_, err = metrics(func(*message.Message) ([]*message.Message, error) { return nil, nil })(newMessage("evt-1", "x"))
+		require.NoError(t, err)
+		c := collect(t, o.reader)
+		require.Equal(t, int64(1), c.sum(t, "idem.messages", attribute.String("consumer", "default"), outcome("processed")),
+			"outside a router and a stack that names it, the consumer is the default one")
+	})
+}
+
+// fakeBacklog is a DeadLetterBacklog with fixed answers.
+type fakeBacklog struct {
+	count  int64
+	oldest time.Time
+	err    error
+	calls  atomic.Int32
+}
+
+func (f *fakeBacklog) PendingDeadLetters(ctx context.Context) (int64, time.Time, error) {
+	f.calls.Add(1)
+	if _, ok := ctx.Deadline(); !ok {
+		return 0, time.Time{}, errors.New("the callback must bound the query")
+	}
+	return f.count, f.oldest, f.err
+}
+
+func TestObserveDeadLetterBacklog(t *testing.T) {
+	t.Parallel()
+
+	gauges := func(t *testing.T, c collected) (int64, float64) {
+		t.Helper()
+		pending, ok := c["idem.dead_letters.pending"].(metricdata.Gauge[int64])
+		require.True(t, ok)
+		require.Len(t, pending.DataPoints, 1)
+		age, ok := c["idem.dead_letters.oldest_age"].(metricdata.Gauge[float64])
+		require.True(t, ok)
+		require.Len(t, age.DataPoints, 1)
+		return pending.DataPoints[0].Value, age.DataPoints[0].Value
+	}
+
+	t.Run("ReadAtEachCollection", func(t *testing.T) {
+		t.Parallel()
+		reader := sdkmetric.NewManualReader()
+		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+		b := &fakeBacklog{count: 3, oldest: time.Now().Add(-time.Hour)}
+		reg, err := middleware.ObserveDeadLetterBacklog(mp, b)
+		require.NoError(t, err)
+		n, age := gauges(t, collect(t, reader))
+		require.Equal(t, int64(3), n)
+		require.InDelta(t, 3600, age, 60)
+
+		b.count, b.oldest = 0, time.Time{}
+		n, age = gauges(t, collect(t, reader))
+		require.Zero(t, n)
+		require.Zero(t, age, "no pending dead letter: age 0")
+
+		require.NoError(t, reg.Unregister())
+		before := b.calls.Load()
+		collect(t, reader)
+		require.Equal(t, before, b.calls.Load(), "unregistered: the store is not asked any more")
+	})
+
+	t.Run("AFailingStoreFailsNoCollection", func(t *testing.T) {
+		t.Parallel()
+		reader := sdkmetric.NewManualReader()
+		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+		_, err := middleware.ObserveDeadLetterBacklog(mp, &fakeBacklog{err: errors.New("connection refused")})
+		require.NoError(t, err)
+		metrics, err := middleware.Metrics(middleware.MetricsConfig{MeterProvider: mp})
+		require.NoError(t, err)
+		_, err = metrics(func(*message.Message) ([]*message.Message, error) { return nil, nil })(newMessage("evt-1", "x"))
+		require.NoError(t, err)
+		var rm metricdata.ResourceMetrics
+		_ = reader.Collect(context.Background(), &rm) // the SDK reports the callback's error
+		require.NotEmpty(t, rm.ScopeMetrics, "the other metrics are still collected")
+	})
+}
