@@ -501,8 +501,8 @@ func openSQLite(ctx context.Context, opts options, g *gateway) (*backend, error)
 			return out, rows.Err()
 		},
 		next: []string{
-			fmt.Sprintf("the dead letters stay in %s for review: `idem dlq report` will list them", opts.dbPath),
-			"  once the idem command has its dlq subcommands (it reads PostgreSQL only today)",
+			fmt.Sprintf("review the dead letters, kept in %s:", opts.dbPath),
+			fmt.Sprintf("  go run ./cmd/idem dlq report --database-url sqlite:%s", opts.dbPath),
 			fmt.Sprintf("see every attempt, retry and dead letter in %s, or rerun with -v", opts.logPath),
 			"run it on PostgreSQL: IDEM_DATABASE_URL=postgres://… go run ./examples/quickstart",
 		},
@@ -598,8 +598,8 @@ func setupPostgres(ctx context.Context, pool *pgxpool.Pool, opts options, g *gat
 			return out, rows.Err()
 		},
 		next: []string{
-			"see the store's tables and the pending dead letters:",
-			fmt.Sprintf("  go run ./cmd/idem dedup stats --database-url %s --schema %s", urlArg, opts.schema),
+			"review the dead letters:",
+			fmt.Sprintf("  go run ./cmd/idem dlq report --database-url %s --schema %s", urlArg, opts.schema),
 			fmt.Sprintf("see every attempt, retry and dead letter in %s, or rerun with -v", opts.logPath),
 		},
 		close: pool.Close,
