@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,6 +26,13 @@ import (
 type Store interface {
 	dedup.Store
 	dlq.Store
+}
+
+// Outbox writes messages into a transactional outbox inside the transaction that ctx
+// carries, so that they are published if and only if it commits. outbox.Writer
+// implements it.
+type Outbox interface {
+	WriteTx(ctx context.Context, topic string, msgs ...*message.Message) error
 }
 
 // Config configures a [Consumer].
@@ -64,6 +72,14 @@ type Config struct {
 	// short write per delivery; the store must implement dedup.StartRecorder (both
 	// postgres.Store and sqlite.Store do). Defaults to 0: off.
 	CrashGuard int
+	// Outbox, when set, receives the messages that handlers registered with
+	// AddHandler return, inside the attempt's transaction: they are published if and
+	// only if the event's effects commit (outbox.Writer writes them to the
+	// transactional outbox on PostgreSQL). Defaults to nil: AddHandler publishes them
+	// through its publisher inside the attempt, before the commit (at least once;
+	// a commit that fails after the publish leaves a duplicate, which carries the same
+	// derived event ID).
+	Outbox Outbox
 	// Alerts is told of every dead letter once it committed: use a *dlq.Dispatcher,
 	// which aggregates alerts per failure group and never blocks consumption, and
 	// close it on shutdown. Defaults to nil: dead letters are logged at error level
@@ -244,6 +260,10 @@ func (c *Consumer) Publisher(pub message.Publisher) *middleware.Publisher {
 // Wrap returns h wrapped in the whole stack, with name as its consumer name. Use it to
 // register handlers on a router yourself, under the same name.
 func (c *Consumer) Wrap(name string, h message.HandlerFunc) message.HandlerFunc {
+	return c.wrap(name, h, nil)
+}
+
+func (c *Consumer) wrap(name string, h message.HandlerFunc, produce func(context.Context, []*message.Message) error) message.HandlerFunc {
 	cfg := c.cfg
 	// The constructors cannot fail here: New validated everything they check.
 	deadLetter, _ := middleware.DeadLetter(middleware.DeadLetterConfig{
@@ -267,6 +287,7 @@ func (c *Consumer) Wrap(name string, h message.HandlerFunc) message.HandlerFunc 
 		KeyFunc:  cfg.KeyFunc,
 		Classify: cfg.Retry.Class,
 		Timeout:  cfg.BookkeepingTimeout,
+		Produce:  produce,
 		Logger:   cfg.Logger,
 	})
 	tracing, _ := middleware.Trace(middleware.TraceConfig{
@@ -309,18 +330,52 @@ func (c *Consumer) WrapConsumer(name string, h message.NoPublishHandlerFunc) mes
 }
 
 // AddHandler registers h on r like message.Router.AddHandler, wrapped in the stack
-// with name as its consumer name. The messages h returns are published to
-// publishTopic after the event's transaction committed, with the correlation ID and
-// causation ID set, through pub decorated as [Consumer.Publisher] does: each with a
-// producer span, a child of the delivery's consumer span.
+// with name as its consumer name. The messages h returns never wait for the router:
+// with Config.Outbox they are written to the outbox in the attempt's transaction
+// (published iff it commits); without, they are published to publishTopic through
+// pub inside the attempt, before the commit (never lost; a failed commit after the
+// publish leaves a duplicate with the same derived event ID). Either way each gets a
+// correlation ID, a causation ID (the consumed event's ID), an event ID when it has
+// none, and a producer span, a child of the delivery's consumer span.
 func (c *Consumer) AddHandler(r *message.Router, name, subscribeTopic string, sub message.Subscriber,
 	publishTopic string, pub message.Publisher, h message.HandlerFunc,
 ) *message.Handler {
-	if pub != nil {
-		pub = c.Publisher(pub)
+	var out *middleware.Publisher
+	switch {
+	case c.cfg.Outbox != nil:
+		out = c.Publisher(outboxPublisher{c.cfg.Outbox})
+	case pub != nil:
+		out = c.Publisher(pub)
 	}
-	return r.AddHandler(name, subscribeTopic, sub, publishTopic, pub, c.Wrap(name, h))
+	var produce func(context.Context, []*message.Message) error
+	if out != nil {
+		produce = func(ctx context.Context, msgs []*message.Message) error {
+			for _, m := range msgs {
+				m.SetContext(ctx) // the outbox finds the transaction there
+			}
+			err := out.PublishContext(ctx, publishTopic, msgs...)
+			if err != nil && c.cfg.Outbox == nil {
+				// The broker is down: not the message's fault.
+				return retry.Infrastructure(fmt.Errorf("consumer: publish %d produced messages to %s: %w", len(msgs), publishTopic, err))
+			}
+			return err
+		}
+	}
+	return r.AddHandler(name, subscribeTopic, sub, publishTopic, pub, c.wrap(name, h, produce))
 }
+
+// outboxPublisher writes through an Outbox, with the transaction of the first
+// message's context.
+type outboxPublisher struct{ outbox Outbox }
+
+func (p outboxPublisher) Publish(topic string, msgs ...*message.Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	return p.outbox.WriteTx(msgs[0].Context(), topic, msgs...)
+}
+
+func (p outboxPublisher) Close() error { return nil }
 
 // AddConsumerHandler registers h on r like message.Router.AddConsumerHandler, wrapped
 // in the stack with name as its consumer name.

@@ -173,3 +173,13 @@ type StartRecorder interface {
 	// the next one counts from 1 again.
 	FinishAttempt(ctx context.Context, key Key) error
 }
+
+// ProducedEventID is the event ID given to the i-th message a handler produced while
+// processing key, when the handler set none: derived from key and i, so that every
+// attempt, and every redelivery, produces the same IDs, and the consumers downstream
+// recognise a message produced twice as a duplicate.
+func ProducedEventID(key Key, i int) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%d:%s%d:%s%d", len(key.Consumer), key.Consumer, len(key.EventID), key.EventID, i)
+	return "produced:" + hex.EncodeToString(h.Sum(nil))[:40]
+}

@@ -32,6 +32,16 @@ type DedupConfig struct {
 	Classify func(error) retry.Class
 	// Timeout bounds recording a failed attempt. Defaults to DefaultBookkeepingTimeout.
 	Timeout time.Duration
+	// Produce, when set, receives the messages the handler returned, inside the
+	// attempt's transaction (ctx carries it), after the handler succeeded and before
+	// COMMIT: write them to a transactional outbox there, and they are published if
+	// and only if the attempt commits; publish them to the broker there, and they are
+	// published at least once, never lost to a failed publish after the commit. An
+	// error rolls the attempt back. Dedup then returns no messages to the router.
+	// Before Produce, a message without an event ID gets one derived from the consumed
+	// event's (dedup.ProducedEventID), the same on every attempt. Defaults to nil: the
+	// messages are returned to the router, which publishes them after the commit.
+	Produce func(ctx context.Context, msgs []*message.Message) error
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -75,7 +85,15 @@ func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
 				var herr error
 				produced, herr = h(msg)
 				timing.handler, timing.handlerErr = time.Since(handlerStart), herr != nil
-				return herr
+				if herr != nil || cfg.Produce == nil || len(produced) == 0 {
+					return herr
+				}
+				for i, p := range produced {
+					if p.Metadata.Get(dedup.MetadataKey) == "" {
+						p.Metadata.Set(dedup.MetadataKey, dedup.ProducedEventID(d.key, i))
+					}
+				}
+				return cfg.Produce(txCtx, produced)
 			})
 			if !timing.ran {
 				timing.claim = time.Since(start)
@@ -96,6 +114,9 @@ func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
 				return nil, nil
 			case err == nil:
 				d.outcome = dedup.Processed
+				if cfg.Produce != nil {
+					return nil, nil // produced inside the transaction
+				}
 				return produced, nil
 			case deliveryEnded(ctx) || classify(err) == retry.ClassInfrastructure:
 				return nil, err // not the message's fault: its budget is not spent

@@ -38,6 +38,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/idemkit/idem/postgres"
 )
 
 // DefaultTopic is the outbox's watermill-sql topic (table watermill_idem_outbox).
@@ -172,4 +174,21 @@ func (r *Relay) Running() chan struct{} { return r.fwd.Running() }
 // Close stops the relay.
 func (r *Relay) Close() error {
 	return errors.Join(r.fwd.Close(), r.sub.Close())
+}
+
+// Writer writes the messages a consumer's handler produces into the outbox, inside the
+// attempt's transaction: set it as consumer.Config.Outbox, and consume-transform-
+// produce is exactly once in effect (the produced messages are published if and only
+// if the consumed event's effects commit).
+type Writer struct {
+	Config Config
+}
+
+// WriteTx writes msgs for topic in the transaction ctx carries (postgres.TxFromContext).
+func (w Writer) WriteTx(ctx context.Context, topic string, msgs ...*message.Message) error {
+	tx, ok := postgres.TxFromContext(ctx)
+	if !ok {
+		return fmt.Errorf("outbox: no idem transaction in the context: %w", postgres.ErrNoTx)
+	}
+	return PublishTx(ctx, tx, w.Config, topic, msgs...)
 }
