@@ -32,9 +32,13 @@ type PruneConfig struct {
 type PruneResult struct {
 	Processed int64
 	Attempts  int64
+	// Started counts the crash guard's rows of deliveries that started before the
+	// retention.
+	Started int64
 }
 
-// Prune deletes processed rows and attempt counts older than cfg.Retention, measured
+// Prune deletes processed rows, attempt counts and the crash guard's counts older than
+// cfg.Retention, measured
 // on the database clock, in batches of cfg.BatchSize, each its own transaction. It
 // never deletes a row younger than the retention, and it keeps attempt counts of
 // events that have a pending dead letter. It stops at the first error or when ctx
@@ -65,10 +69,13 @@ func (s *Store) Prune(ctx context.Context, cfg PruneConfig) (PruneResult, error)
       AND NOT EXISTS (SELECT 1 FROM ` + s.schema + `.dead_letters d
                       WHERE d.consumer = a.consumer AND d.event_id = a.event_id AND d.status = 'pending')
     LIMIT $2))`
+	started := `DELETE FROM ` + s.schema + `.started WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM ` + s.schema + `.started
+    WHERE last_started_at < now() - make_interval(secs => $1) LIMIT $2))`
 	for _, step := range []struct {
 		sql   string
 		count *int64
-	}{{processed, &res.Processed}, {attempts, &res.Attempts}} {
+	}{{processed, &res.Processed}, {attempts, &res.Attempts}, {started, &res.Started}} {
 		for {
 			tag, err := s.pool.Exec(ctx, step.sql, secs, cfg.BatchSize)
 			if err != nil {

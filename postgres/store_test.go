@@ -121,3 +121,26 @@ func TestRunInsideFailedTransactionRollsBack(t *testing.T) {
 	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM "+pgx.Identifier{store.Schema(), "processed"}.Sanitize()).Scan(&n))
 	require.Zero(t, n, "the claim rolled back")
 }
+
+func TestPruneKeepsYoungRowsAndTheCrashGuardsCounts(t *testing.T) {
+	t.Parallel()
+	store, pool := testdb.Store(t)
+	ctx := context.Background()
+	s := pgx.Identifier{store.Schema()}.Sanitize()
+	for _, q := range []string{
+		"INSERT INTO " + s + ".processed (consumer, event_id, processed_at) VALUES ('c', 'old', now() - interval '8 days'), ('c', 'young', now() - interval '6 days')",
+		"INSERT INTO " + s + ".started (consumer, event_id, started, last_started_at) VALUES ('c', 'old', 2, now() - interval '8 days'), ('c', 'young', 1, now())",
+	} {
+		_, err := pool.Exec(ctx, q)
+		require.NoError(t, err)
+	}
+	res, err := store.Prune(ctx, postgres.PruneConfig{BatchSize: 1})
+	require.NoError(t, err)
+	require.Equal(t, postgres.PruneResult{Processed: 1, Started: 1}, res)
+	var left int
+	require.NoError(t, pool.QueryRow(ctx, "SELECT (SELECT count(*) FROM "+s+".processed) + (SELECT count(*) FROM "+s+".started)").Scan(&left))
+	require.Equal(t, 2, left, "rows younger than the retention stay")
+
+	_, err = store.Prune(ctx, postgres.PruneConfig{Retention: time.Hour, ReplayWindow: 24 * time.Hour})
+	require.ErrorContains(t, err, "shorter than ReplayWindow")
+}

@@ -33,9 +33,13 @@ type PruneConfig struct {
 type PruneResult struct {
 	Processed int64
 	Attempts  int64
+	// Started counts the crash guard's rows of deliveries that started before the
+	// retention.
+	Started int64
 }
 
-// Prune deletes processed rows and attempt counts older than cfg.Retention, measured
+// Prune deletes processed rows, attempt counts and the crash guard's counts older than
+// cfg.Retention, measured
 // on the database clock, in batches of cfg.BatchSize, each its own transaction: the
 // consumers' writes get the write lock between batches. It never deletes a row younger
 // than the retention, and it keeps attempt counts of events that have a pending dead
@@ -68,10 +72,12 @@ func (s *Store) Prune(ctx context.Context, cfg PruneConfig) (PruneResult, error)
       AND NOT EXISTS (SELECT 1 FROM dead_letters AS d
                       WHERE d.consumer = a.consumer AND d.event_id = a.event_id AND d.status = 'pending')
     LIMIT ?2)`
+	started := `DELETE FROM started WHERE (consumer, event_id) IN (
+    SELECT consumer, event_id FROM started WHERE last_started_at < ` + cutoff + ` LIMIT ?2)`
 	for _, step := range []struct {
 		sql   string
 		count *int64
-	}{{processed, &res.Processed}, {attempts, &res.Attempts}} {
+	}{{processed, &res.Processed}, {attempts, &res.Attempts}, {started, &res.Started}} {
 		for {
 			var n int64
 			err := s.write(ctx, "prune", func(tx *sql.Tx) error {
