@@ -191,9 +191,9 @@ func (c Config) validate() error {
 }
 
 // Consumer wraps Watermill handlers in idem's middleware stack, always in this order,
-// outermost first: Correlation, Trace, Metrics, DeadLetter, Retry, Dedup, Recover,
-// then the handler.
-// Each handler's name is its consumer name: the dedup scope of its events, which must
+// outermost first: Correlation, Trace, Metrics, DeadLetter, CrashGuard (when
+// Config.CrashGuard is set), Retry, Dedup, Recover, then the handler. Each handler's
+// name is its consumer name: the dedup scope of its events, which must
 // be stable across deploys and never shared by two handlers. A Consumer is safe for
 // concurrent use; one Consumer serves any number of handlers.
 type Consumer struct {
