@@ -50,7 +50,7 @@ type Config struct {
 	Retry retry.Policy
 	// AckDeadline is how long the subscriber waits for an ack before it redelivers a
 	// message by itself: watermill-sql SubscriberConfig.AckDeadline (30s unless set;
-	// postgres.SubscriberAckDeadline reads it), NATS JetStream AckWaitTimeout, Redis
+	// postgres.SubscriberAckDeadline reads it), NATS JetStream consumer AckWait, Redis
 	// Streams MaxIdleTime. In-process retrying stops before it. When it is set and
 	// Retry.MaxElapsedTime is not, MaxElapsedTime defaults to half of it; a retry
 	// budget that does not fit in it is refused (see HandlerTimeout). Defaults to 0:
@@ -174,7 +174,7 @@ func (c Config) validate() error {
 			return fmt.Errorf("consumer: the retry budget of one delivery, %s (%s), is not shorter than Config.AckDeadline %s: "+
 				"the broker would redeliver the message while it is still being retried; lower Config.Retry.MaxElapsedTime, "+
 				"Config.Retry.MaxAttempts or Config.HandlerTimeout, or raise the subscriber's ack deadline "+
-				"(watermill-sql SubscriberConfig.AckDeadline, NATS AckWaitTimeout, Redis MaxIdleTime) and Config.AckDeadline with it",
+				"(watermill-sql SubscriberConfig.AckDeadline, the NATS JetStream consumer's AckWait, Redis MaxIdleTime) and Config.AckDeadline with it",
 				budget, parts, c.AckDeadline)
 		}
 	}

@@ -1,0 +1,152 @@
+package transports_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	amqppub "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/idemkit/idem/internal/testbroker"
+)
+
+// rabbitConsumerTimeout is RabbitMQ's default consumer_timeout: a delivery not acked
+// within it closes the consumer's channel, and the message goes back to the queue.
+const rabbitConsumerTimeout = 30 * time.Minute
+
+// amqpConfig is watermill-amqp's durable queue configuration made safe for idem: a
+// quorum queue, publisher confirms, and a marshaler that survives redeliveries.
+func amqpConfig(url string) amqppub.Config {
+	cfg := amqppub.NewDurableQueueConfig(url)
+	cfg.Connection.AmqpConfig = &amqp.Config{Dial: amqp.DefaultDial(5 * time.Second), Heartbeat: 10 * time.Second, Locale: "en_US"}
+	cfg.Queue.Arguments = amqp.Table{"x-queue-type": "quorum"}
+	cfg.Publish.ConfirmDelivery = true
+	cfg.Marshaler = amqppub.DefaultMarshaler{PreprocessDelivery: stringHeaders}
+	return cfg
+}
+
+// stringHeaders turns the headers RabbitMQ adds that are not strings (a quorum queue's
+// x-delivery-count on every redelivery, x-death after dead-lettering) into strings:
+// watermill-amqp's DefaultMarshaler fails on them, and the delivery is nacked and
+// redelivered forever without ever reaching the handler.
+func stringHeaders(d amqp.Delivery) amqp.Delivery {
+	headers := make(amqp.Table, len(d.Headers))
+	for k, v := range d.Headers {
+		if s, ok := v.(string); ok {
+			headers[k] = s
+		} else {
+			headers[k] = fmt.Sprint(v)
+		}
+	}
+	d.Headers = headers
+	return d
+}
+
+func newAMQPBroker(t *testing.T, _ *pgxpool.Pool) *broker {
+	t.Helper()
+	url := testbroker.AMQPURL(t)
+	queue := uniqueName("idem_test_")
+	cfg := amqpConfig(url)
+
+	admin, err := amqp.DialConfig(url, *cfg.Connection.AmqpConfig)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		if ch, err := admin.Channel(); err == nil {
+			_, _ = ch.QueueDelete(queue, false, false, false)
+		}
+		_ = admin.Close()
+	})
+
+	pub, err := amqppub.NewPublisher(cfg, watermill.NopLogger{})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = pub.Close() })
+
+	br := &broker{
+		system:      "rabbitmq",
+		topic:       queue,
+		ackDeadline: rabbitConsumerTimeout,
+		publisher:   pub,
+		subscriber: func(t *testing.T, _ int) message.Subscriber {
+			sub, err := amqppub.NewSubscriber(cfg, watermill.NopLogger{})
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = sub.Close() })
+			return sub
+		},
+		unfinished: func(context.Context) (string, error) {
+			ch, err := admin.Channel()
+			if err != nil {
+				return "", err
+			}
+			defer ch.Close()
+			q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+			if err != nil {
+				return "", err
+			}
+			if q.Messages == 0 {
+				return "", nil
+			}
+			return fmt.Sprintf("%d messages ready", q.Messages), nil
+		},
+	}
+	// The queue must exist before the first publish: the default exchange drops (and
+	// confirms) messages for a queue that does not exist.
+	sub, err := amqppub.NewSubscriber(cfg, watermill.NopLogger{})
+	require.NoError(t, err)
+	require.NoError(t, sub.SubscribeInitialize(queue))
+	require.NoError(t, sub.Close())
+	return br
+}
+
+func TestRabbitMQ(t *testing.T) {
+	t.Parallel()
+	runScenario(t, newAMQPBroker)
+}
+
+// A quorum queue marks each redelivery with an integer x-delivery-count header, which
+// watermill-amqp's DefaultMarshaler refuses: without stringHeaders the message loops
+// between the broker and the subscriber and never reaches idem.
+func TestRabbitMQQuorumRedeliveryHeader(t *testing.T) {
+	t.Parallel()
+	br := newAMQPBroker(t, nil)
+	require.NoError(t, br.publisher.Publish(br.topic, newMessage("evt-1", "a")))
+
+	conn, err := amqp.Dial(testbroker.AMQPURL(t))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	ch, err := conn.Channel()
+	require.NoError(t, err)
+	require.NoError(t, ch.Qos(1, 0, false))
+	deliveries, err := ch.Consume(br.topic, "", false, false, false, false, nil)
+	require.NoError(t, err)
+	next := func() amqp.Delivery {
+		select {
+		case d := <-deliveries:
+			return d
+		case <-time.After(10 * time.Second):
+			t.Fatal("no delivery within 10s")
+			return amqp.Delivery{}
+		}
+	}
+	first := next()
+	_, err = amqppub.DefaultMarshaler{}.Unmarshal(first)
+	require.NoError(t, err, "a first delivery unmarshals")
+	require.NoError(t, first.Nack(false, true))
+
+	again := next()
+	require.True(t, again.Redelivered)
+	require.IsType(t, int64(0), again.Headers["x-delivery-count"])
+	_, err = amqppub.DefaultMarshaler{}.Unmarshal(again)
+	require.ErrorContains(t, err, "x-delivery-count", "the default marshaler fails on the redelivery")
+
+	msg, err := amqpConfig("").Marshaler.Unmarshal(again)
+	require.NoError(t, err)
+	require.Equal(t, "evt-1", msg.Metadata.Get("event_id"))
+	require.Equal(t, "1", msg.Metadata.Get("x-delivery-count"))
+	require.NoError(t, again.Ack(false))
+}
