@@ -14,38 +14,18 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemkit/idem/internal/testbroker"
+	"github.com/idemkit/idem/transports"
 )
 
 // rabbitConsumerTimeout is RabbitMQ's default consumer_timeout: a delivery not acked
 // within it closes the consumer's channel, and the message goes back to the queue.
 const rabbitConsumerTimeout = 30 * time.Minute
 
-// amqpConfig is watermill-amqp's durable queue configuration made safe for idem: a
-// quorum queue, publisher confirms, and a marshaler that survives redeliveries.
+// amqpConfig is transports.AMQPQuorumConfig with a dial timeout.
 func amqpConfig(url string) amqppub.Config {
-	cfg := amqppub.NewDurableQueueConfig(url)
+	cfg := transports.AMQPQuorumConfig(url)
 	cfg.Connection.AmqpConfig = &amqp.Config{Dial: amqp.DefaultDial(5 * time.Second), Heartbeat: 10 * time.Second, Locale: "en_US"}
-	cfg.Queue.Arguments = amqp.Table{"x-queue-type": "quorum"}
-	cfg.Publish.ConfirmDelivery = true
-	cfg.Marshaler = amqppub.DefaultMarshaler{PreprocessDelivery: stringHeaders}
 	return cfg
-}
-
-// stringHeaders turns the headers RabbitMQ adds that are not strings (a quorum queue's
-// x-delivery-count on every redelivery, x-death after dead-lettering) into strings:
-// watermill-amqp's DefaultMarshaler fails on them, and the delivery is nacked and
-// redelivered forever without ever reaching the handler.
-func stringHeaders(d amqp.Delivery) amqp.Delivery {
-	headers := make(amqp.Table, len(d.Headers))
-	for k, v := range d.Headers {
-		if s, ok := v.(string); ok {
-			headers[k] = s
-		} else {
-			headers[k] = fmt.Sprint(v)
-		}
-	}
-	d.Headers = headers
-	return d
 }
 
 func newAMQPBroker(t *testing.T, _ *pgxpool.Pool) *broker {
@@ -109,8 +89,9 @@ func TestRabbitMQ(t *testing.T) {
 }
 
 // A quorum queue marks each redelivery with an integer x-delivery-count header, which
-// watermill-amqp's DefaultMarshaler refuses: without stringHeaders the message loops
-// between the broker and the subscriber and never reaches idem.
+// watermill-amqp's DefaultMarshaler refuses: without transports.AMQPStringHeaders
+// (AMQPQuorumConfig's marshaler) the message loops between the broker and the
+// subscriber and never reaches idem.
 func TestRabbitMQQuorumRedeliveryHeader(t *testing.T) {
 	t.Parallel()
 	br := newAMQPBroker(t, nil)

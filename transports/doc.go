@@ -1,8 +1,21 @@
-// Package transports holds idem's integration tests against real brokers: watermill-sql
-// on PostgreSQL, RabbitMQ (watermill-amqp, durable quorum queues, publisher confirms),
-// NATS JetStream (watermill-nats) and Redis Streams (watermill-redisstream). It has no
-// API; docs/transports.md describes each transport's behaviour and the settings the
-// tests use.
+// Package transports holds broker configurations made safe for idem, and idem's
+// integration tests against real brokers: watermill-sql on PostgreSQL, RabbitMQ
+// (watermill-amqp, durable quorum queues, publisher confirms), NATS JetStream
+// (watermill-nats) and Redis Streams (watermill-redisstream). docs/transports.md
+// describes each transport's behaviour and the settings the tests use.
+//
+// It is not one of idem's core packages: it imports the broker clients it configures
+// (watermill-amqp and amqp091-go), so import it only if you use them.
+//
+// # RabbitMQ
+//
+// AMQPQuorumConfig returns watermill-amqp's configuration for a durable quorum queue with
+// publisher confirms, and a marshaler (AMQPStringHeaders) that survives the integer
+// x-delivery-count header a quorum queue puts on every redelivery:
+//
+//	cfg := transports.AMQPQuorumConfig("amqp://guest:guest@127.0.0.1:5672/")
+//	pub, err := amqp.NewPublisher(cfg, logger)
+//	sub, err := amqp.NewSubscriber(cfg, logger)
 //
 // # What the tests check
 //
@@ -14,11 +27,15 @@
 // broker holds nothing unacknowledged at the end. TestReplicaProcesses runs three
 // consumer processes on one Redis Streams consumer group, with a fourth that is killed
 // inside its handler's transaction, and checks that nothing is lost and nothing is
-// applied twice.
+// applied twice. TestNATSRestart and TestRedisRestart stop a broker of their own (a
+// private nats-server or redis-server on a free port) in the middle of consumption and
+// start it again: the subscribers recover by themselves, and each effect still commits
+// once.
 //
 // # Running
 //
 // The tests read TEST_DATABASE_URL, TEST_AMQP_URL, TEST_NATS_URL and TEST_REDIS_URL,
 // defaulting to the servers' standard ports on loopback (scripts/test starts them).
-// A test whose server is unreachable is skipped, or fails when CI is set.
+// A test whose server is unreachable is skipped, or fails when CI is set. The restart
+// tests need the nats-server and redis-server programs, with the same rule.
 package transports

@@ -64,11 +64,19 @@ func natsSubscriberConfig(stream, group string) natspub.SubscriberSubscriptionCo
 
 func newNATSBroker(t *testing.T, _ *pgxpool.Pool) *broker {
 	t.Helper()
-	url := testbroker.NATSURL(t)
+	return natsBroker(t, testbroker.NATSURL(t), func(*nats.ConsumerConfig) {})
+}
+
+// natsBroker is a stream of its own on the NATS server at url, with the durable
+// consumer of natsConsumerConfig as configure changed it. Its connections reconnect for
+// as long as it takes.
+func natsBroker(t *testing.T, url string, configure func(*nats.ConsumerConfig)) *broker {
+	t.Helper()
 	stream := uniqueName("idem_test_")
 	const group = "billing"
 	connect := func(t *testing.T) *nats.Conn {
-		conn, err := nats.Connect(url, nats.Name("idem-test"), nats.Timeout(5*time.Second))
+		conn, err := nats.Connect(url, nats.Name("idem-test"), nats.Timeout(5*time.Second),
+			nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 		require.NoError(t, err)
 		t.Cleanup(conn.Close)
 		return conn
@@ -81,7 +89,10 @@ func newNATSBroker(t *testing.T, _ *pgxpool.Pool) *broker {
 	_, err = js.AddStream(&nats.StreamConfig{Name: stream, Subjects: []string{stream}, Storage: nats.FileStorage})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = js.DeleteStream(stream) })
-	_, err = js.AddConsumer(stream, natsConsumerConfig(group))
+	cc := natsConsumerConfig(group)
+	configure(cc)
+	ackWait := cc.AckWait
+	_, err = js.AddConsumer(stream, cc)
 	require.NoError(t, err)
 
 	pub, err := natspub.NewPublisherWithNatsConn(connect(t), natspub.PublisherPublishConfig{
@@ -93,10 +104,12 @@ func newNATSBroker(t *testing.T, _ *pgxpool.Pool) *broker {
 	return &broker{
 		system:      "nats",
 		topic:       stream,
-		ackDeadline: natsAckWait,
+		ackDeadline: ackWait,
 		publisher:   pub,
 		subscriber: func(t *testing.T, _ int) message.Subscriber {
-			sub, err := natspub.NewSubscriberWithNatsConn(connect(t), natsSubscriberConfig(stream, group), watermill.NopLogger{})
+			sc := natsSubscriberConfig(stream, group)
+			sc.AckWaitTimeout = ackWait
+			sub, err := natspub.NewSubscriberWithNatsConn(connect(t), sc, watermill.NopLogger{})
 			require.NoError(t, err)
 			t.Cleanup(func() { _ = sub.Close() })
 			return sub

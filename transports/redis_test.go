@@ -78,7 +78,13 @@ func redisUnfinished(ctx context.Context, client *redis.Client, stream, group st
 
 func newRedisBroker(t *testing.T, _ *pgxpool.Pool) *broker {
 	t.Helper()
-	url := testbroker.RedisURL(t)
+	return redisBroker(t, testbroker.RedisURL(t), redisMaxIdleTime)
+}
+
+// redisBroker is a stream of its own on the Redis server at url, whose consumer group
+// claims messages left idle for maxIdle.
+func redisBroker(t *testing.T, url string, maxIdle time.Duration) *broker {
+	t.Helper()
 	stream := uniqueName("idem_test_")
 	const group = "billing"
 
@@ -95,10 +101,10 @@ func newRedisBroker(t *testing.T, _ *pgxpool.Pool) *broker {
 	return &broker{
 		system:      "redis",
 		topic:       stream,
-		ackDeadline: redisMaxIdleTime,
+		ackDeadline: maxIdle,
 		publisher:   pub,
 		subscriber: func(t *testing.T, instance int) message.Subscriber {
-			cfg := redisSubscriberConfig(redisClient(t, url), group, fmt.Sprintf("replica-%d", instance), redisMaxIdleTime)
+			cfg := redisSubscriberConfig(redisClient(t, url), group, fmt.Sprintf("replica-%d", instance), maxIdle)
 			sub, err := redisstream.NewSubscriber(cfg, watermill.NopLogger{})
 			require.NoError(t, err)
 			t.Cleanup(func() { _ = sub.Close() })
