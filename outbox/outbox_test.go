@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,8 +19,10 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
+	"github.com/idemkit/idem/consumer"
 	"github.com/idemkit/idem/internal/testdb"
 	"github.com/idemkit/idem/outbox"
+	"github.com/idemkit/idem/postgres"
 )
 
 func setup(t *testing.T) (*pgxpool.Pool, outbox.Config) {
@@ -184,6 +187,88 @@ func TestRelayRestartLosesNothing(t *testing.T) {
 	for id, times := range seen {
 		require.GreaterOrEqual(t, times, 1, id)
 	}
+}
+
+// Duplicates on the wire, effects once at the consumer: everything the relays
+// published, copies included, goes through an idem consumer.
+func TestRelayRestartAppliesEffectsOnce(t *testing.T) {
+	t.Parallel()
+	pool, cfg := setup(t)
+	store, _ := testdb.Store(t)
+	effects := pgx.Identifier{store.Schema(), "effects"}.Sanitize()
+	ctx := context.Background()
+	_, err := pool.Exec(ctx, "CREATE TABLE "+effects+" (event_id text NOT NULL)")
+	require.NoError(t, err)
+	c, err := consumer.New(consumer.Config{Store: store, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	apply := c.WrapConsumer("shipping", func(msg *message.Message) error {
+		tx, _ := postgres.TxFromContext(msg.Context())
+		_, err := tx.Exec(msg.Context(), "INSERT INTO "+effects+" (event_id) VALUES ($1)", msg.Metadata.Get("event_id"))
+		return err
+	})
+
+	broker := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 1000, Persistent: true}, watermill.NopLogger{})
+	t.Cleanup(func() { _ = broker.Close() })
+	msgs, err := broker.Subscribe(ctx, "orders")
+	require.NoError(t, err)
+	const n = 40
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("evt-%d", i)
+	}
+	publishInTx(t, pool, cfg, true, ids...)
+
+	// A relay that relays five messages, then publishes the sixth again and again
+	// without ever acking it, and is killed: the sixth is on the wire several times,
+	// and goes out once more after the restart.
+	dying := &ackLosingPublisher{Publisher: broker}
+	dying.okLeft.Store(5)
+	stop := runRelay(t, pool, dying, cfg)
+	require.Eventually(t, func() bool { return dying.published.Load() >= 7 }, 20*time.Second, 10*time.Millisecond)
+	stop()
+	runRelay(t, pool, broker, cfg)
+
+	var delivered int
+	deadline := time.After(30 * time.Second)
+	for {
+		var rows int
+		require.NoError(t, pool.QueryRow(ctx, "SELECT count(DISTINCT event_id) FROM "+effects).Scan(&rows))
+		if rows == n {
+			break
+		}
+		select {
+		case m := <-msgs:
+			delivered++
+			require.NoError(t, apply(m))
+			m.Ack()
+		case <-deadline:
+			t.Fatalf("only %d of %d effects after %d deliveries", rows, n, delivered)
+		}
+	}
+	var total int
+	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM "+effects).Scan(&total))
+	require.Equal(t, n, total, "every effect once, however many copies the relays published")
+	require.Greater(t, delivered, n, "copies were on the wire")
+}
+
+// ackLosingPublisher publishes; after okLeft successful publishes it reports a failure
+// after each publish, as a relay that crashes between publishing and acknowledging the
+// outbox row would: the row is relayed again.
+type ackLosingPublisher struct {
+	message.Publisher
+	okLeft    atomic.Int32
+	published atomic.Int32
+}
+
+func (p *ackLosingPublisher) Publish(topic string, msgs ...*message.Message) error {
+	if err := p.Publisher.Publish(topic, msgs...); err != nil {
+		return err
+	}
+	p.published.Add(int32(len(msgs)))
+	if p.okLeft.Add(-1) >= 0 {
+		return nil
+	}
+	return errors.New("relay died before acking")
 }
 
 func TestPublishTxValidates(t *testing.T) {
