@@ -6,12 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"path"
-	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/idemkit/idem/internal/migrations"
 )
 
 //go:embed migration/*.sql
@@ -46,28 +45,14 @@ type migration struct {
 }
 
 func loadMigrations() ([]migration, error) {
-	entries, err := fs.ReadDir(migrationFS, "migration")
+	files, err := migrations.Load(Migrations())
 	if err != nil {
-		return nil, fmt.Errorf("postgres: read embedded migrations: %w", err)
+		return nil, fmt.Errorf("postgres: %w", err)
 	}
-	var out []migration
-	for _, e := range entries {
-		name, ok := strings.CutSuffix(e.Name(), ".up.sql")
-		if !ok {
-			continue
-		}
-		num, rest, _ := strings.Cut(name, "_")
-		v, err := strconv.Atoi(num)
-		if err != nil {
-			return nil, fmt.Errorf("postgres: migration %s has no version number", e.Name())
-		}
-		body, err := migrationFS.ReadFile(path.Join("migration", e.Name()))
-		if err != nil {
-			return nil, fmt.Errorf("postgres: read migration %s: %w", e.Name(), err)
-		}
-		out = append(out, migration{Migration: Migration{Version: v, Name: rest}, up: string(body)})
+	out := make([]migration, len(files))
+	for i, f := range files {
+		out[i] = migration{Migration: Migration{Version: f.Version, Name: f.Name}, up: f.Up}
 	}
-	slices.SortFunc(out, func(a, b migration) int { return a.Version - b.Version })
 	return out, nil
 }
 

@@ -8,10 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"path"
-	"slices"
-	"strconv"
-	"strings"
+
+	"github.com/idemkit/idem/internal/migrations"
 )
 
 //go:embed migration/*.sql
@@ -40,28 +38,14 @@ type migration struct {
 }
 
 func loadMigrations() ([]migration, error) {
-	entries, err := fs.ReadDir(migrationFS, "migration")
+	files, err := migrations.Load(Migrations())
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: read embedded migrations: %w", err)
+		return nil, fmt.Errorf("sqlite: %w", err)
 	}
-	var out []migration
-	for _, e := range entries {
-		name, ok := strings.CutSuffix(e.Name(), ".up.sql")
-		if !ok {
-			continue
-		}
-		num, rest, _ := strings.Cut(name, "_")
-		v, err := strconv.Atoi(num)
-		if err != nil {
-			return nil, fmt.Errorf("sqlite: migration %s has no version number", e.Name())
-		}
-		body, err := migrationFS.ReadFile(path.Join("migration", e.Name()))
-		if err != nil {
-			return nil, fmt.Errorf("sqlite: read migration %s: %w", e.Name(), err)
-		}
-		out = append(out, migration{Migration: Migration{Version: v, Name: rest}, up: string(body)})
+	out := make([]migration, len(files))
+	for i, f := range files {
+		out[i] = migration{Migration: Migration{Version: f.Version, Name: f.Name}, up: f.Up}
 	}
-	slices.SortFunc(out, func(a, b migration) int { return a.Version - b.Version })
 	return out, nil
 }
 
