@@ -453,3 +453,30 @@ func TestHandlerTimeoutSpendsTheBudget(t *testing.T) {
 	require.Equal(t, string(dlq.ReasonExhausted), dl.Reason)
 	require.Equal(t, 3, dl.Attempts)
 }
+
+func TestPoolExhaustionNeverDeadLetters(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	small := testdb.PoolWith(t, func(c *pgxpool.Config) { c.MaxConns = 1 })
+	store, err := postgres.New(small, postgres.Config{Schema: b.store.Schema()})
+	require.NoError(t, err)
+	c, err := consumer.New(consumer.Config{Store: store, Retry: fastPolicy(), Logger: testLogger(t)})
+	require.NoError(t, err)
+	h := c.WrapConsumer("orders", func(*message.Message) error {
+		b.calls.Add(1)
+		return nil
+	})
+	held, err := small.Acquire(context.Background()) // every connection is busy
+	require.NoError(t, err)
+	defer held.Release()
+	for range 5 { // more deliveries than MaxAttempts
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		msg := newMessage("evt-1", "placed")
+		msg.SetContext(ctx)
+		require.Error(t, h(msg), "nacked")
+		cancel()
+	}
+	require.Zero(t, b.calls.Load())
+	require.Zero(t, b.deadLetters(t))
+	require.Zero(t, b.attempts(t, "orders", "evt-1"), "waiting for a connection spends no attempt")
+}
