@@ -111,7 +111,7 @@ is derived from their content) cannot be replayed: replay refuses them.`,
 		out := declareOutputFlags(fs, []string{formatTable, formatJSON}, "")
 		var r replayFlags
 		fs.StringVar(&r.publishURL, "publish-url", "", "`URL` of the broker to republish to (default $"+envPublishURL+", else the database URL when it is postgres://)")
-		fs.Float64Var(&r.rate, "rate", 0, "publish at most `N` messages per second (0: no limit)")
+		fs.Float64Var(&r.rate, "rate", 0, "publish at most `N` messages per second, from 0.001 to 10000 (0: no limit)")
 		return func(ctx context.Context, e *env) error { return runReplay(ctx, e, sel, ch, out, r) }
 	},
 }, {

@@ -163,6 +163,27 @@ type replayFlags struct {
 	rate       float64
 }
 
+// The range of --rate, in messages per second, besides 0 (no limit). At the slowest,
+// one message every 16m40s; at the fastest, one every 100µs, more than any broker
+// here takes one message at a time.
+const (
+	minRate = 0.001
+	maxRate = 10000
+)
+
+// rateInterval returns the time between two publishes at rate messages per second; 0
+// for no limit. A rate that is not 0, or a finite number from minRate to maxRate, is a
+// usage error.
+func rateInterval(cmd string, rate float64) (time.Duration, error) {
+	if rate == 0 {
+		return 0, nil
+	}
+	if !(rate >= minRate && rate <= maxRate) { // also refuses NaN and the infinities
+		return 0, usageErrorf(cmd, "--rate must be 0 (no limit) or from %g to %d messages per second, got %g", minRate, maxRate, rate)
+	}
+	return time.Duration(float64(time.Second) / rate), nil
+}
+
 // refusal says why rec cannot be replayed, or "".
 func refusal(rec *dlq.Record) string {
 	switch {
@@ -179,8 +200,9 @@ func runReplay(ctx context.Context, e *env, sel *filterFlags, ch *changeFlags, o
 	if err != nil {
 		return err
 	}
-	if r.rate < 0 {
-		return usageErrorf(e.cmd, "--rate must not be negative, got %g", r.rate)
+	interval, err := rateInterval(e.cmd, r.rate)
+	if err != nil {
+		return err
 	}
 	target, err := e.publishTarget(r.publishURL)
 	if err != nil {
@@ -274,8 +296,8 @@ func runReplay(ctx context.Context, e *env, sel *filterFlags, ch *changeFlags, o
 	who := actor(e.cli.getenv)
 	prog := &progress{w: e.stdout, on: e.cli.terminal && text && len(todo) > 1, total: len(todo), start: time.Now()}
 	var tick <-chan time.Time
-	if r.rate > 0 {
-		ticker := time.NewTicker(time.Duration(float64(time.Second) / r.rate))
+	if interval > 0 {
+		ticker := time.NewTicker(interval)
 		defer ticker.Stop()
 		tick = ticker.C
 	}

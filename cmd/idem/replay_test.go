@@ -362,13 +362,23 @@ func TestReplayRefusals(t *testing.T) {
 			"idem: cannot replay 1 dead letter, nothing was published:\n  dead letter 2: no event ID: the message had none (reason malformed)"},
 		{[]string{"dlq", "replay", "--all", "--yes"}, 2, "idem: no publish URL: on a SQLite database, set --publish-url or $IDEM_PUBLISH_URL"},
 		{[]string{"dlq", "replay", "--all", "--publish-url", "kafka://broker:9092"}, 2, "unsupported publish URL kafka://broker:9092"},
-		{[]string{"dlq", "replay", "--all", "--publish-url", "redis://127.0.0.1:1", "--rate", "-1"}, 2, "--rate must not be negative"},
+		{[]string{"dlq", "replay", "--all", "--publish-url", "redis://127.0.0.1:1", "--rate", "-1"}, 2, "idem: --rate must be 0 (no limit) or from 0.001 to 10000 messages per second, got -1"},
 		{[]string{"dlq", "replay", "1", "--yes", "--publish-url", "redis://:s3cr3tpw@127.0.0.1:1"}, 1, "idem: cannot connect to redis://:xxxxx@127.0.0.1:1"},
 	} {
 		res := exe(t, "", nil, append(tc.args, "--database-url", path)...)
 		require.Equal(t, tc.code, res.code, "%v: %s", tc.args, res.stderr)
 		require.Contains(t, res.stderr, tc.want, tc.args)
 		require.NotContains(t, res.stderr, "s3cr3tpw")
+	}
+
+	// A rate that is not a finite number in range is refused before anything connects:
+	// none of them may reach the ticker, where a zero or negative interval panics.
+	for _, rate := range []string{"1e10", "1e300", "10000.5", "Inf", "+Inf", "-Inf", "NaN", "1e-12", "0.0009", "-0.5"} {
+		res := exe(t, "", nil, "dlq", "replay", "1", "--yes", "--rate", rate, "--database-url", path, "--publish-url", "redis://127.0.0.1:1")
+		require.Equal(t, 2, res.code, "--rate %s: %s", rate, res.stderr)
+		require.Contains(t, res.stderr, "idem: --rate must be 0 (no limit) or from 0.001 to 10000 messages per second, got ", rate)
+		require.NotContains(t, res.stderr, "panic", rate)
+		require.Empty(t, res.stdout, rate)
 	}
 
 	// By filter, the dead letter without an event ID is left out, and said so.
