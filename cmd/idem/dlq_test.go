@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -446,4 +447,88 @@ func TestDLQHelp(t *testing.T) {
 	require.NotContains(t, res.stdout, "--status")
 	res = idem(t, "dlq", "discard", "-h")
 	require.Contains(t, res.stdout, "(required)")
+}
+
+// TestHugeCounts gives every flag that takes a count values near the integer maximum:
+// each means "no limit", on both stores, and a negative one stays a usage error.
+func TestHugeCounts(t *testing.T) {
+	t.Parallel()
+	for _, backend := range []struct {
+		name string
+		args func(t *testing.T) []string
+	}{
+		{"PostgreSQL", func(t *testing.T) []string { return pgArgs(t, goldenRows) }},
+		{"SQLite", func(t *testing.T) []string { return []string{"--database-url", "sqlite:" + sqliteDB(t, goldenRows)} }},
+	} {
+		t.Run(backend.name, func(t *testing.T) {
+			t.Parallel()
+			db := backend.args(t)
+			run := func(args ...string) result {
+				t.Helper()
+				return idemAt(t, append(args, db...)...)
+			}
+			res := run("dlq", "resolve", "5", "--yes", "--reason", "an audit entry to list")
+			require.Equal(t, 0, res.code, res.stderr)
+
+			for _, n := range []string{"9223372036854775807", "9223372036854775806", "2147483648", "2147483647", fmt.Sprint(int64(1) << 40)} {
+				res := run("dlq", "list", "--limit", n, "--format", "json")
+				require.Equal(t, 0, res.code, "list --limit %s: %s", n, res.stderr)
+				var list listJSON
+				require.NoError(t, json.Unmarshal([]byte(res.stdout), &list))
+				require.Len(t, list.DeadLetters, 4, n)
+				require.Nil(t, list.NextAfterID, n)
+
+				res = run("dlq", "audit", "--limit", n, "--format", "json")
+				require.Equal(t, 0, res.code, "audit --limit %s: %s", n, res.stderr)
+				var audit auditListJSON
+				require.NoError(t, json.Unmarshal([]byte(res.stdout), &audit))
+				require.Len(t, audit.Audit, 1, n)
+				require.Nil(t, audit.NextAfterID, n)
+
+				for _, cmd := range [][]string{{"dlq", "discard", "--reason", "r"}, {"dlq", "resolve"}, {"dlq", "replay", "--publish-url", "redis://127.0.0.1:1"}} {
+					res = run(append(cmd, "--all", "--limit", n, "--format", "json")...)
+					require.Equal(t, 0, res.code, "%v --limit %s: %s", cmd, n, res.stderr)
+					var change changeJSON
+					require.NoError(t, json.Unmarshal([]byte(res.stdout), &change))
+					require.Len(t, change.Selected, 4, "%v --limit %s", cmd, n)
+				}
+
+				res = run("dlq", "check", "--max-pending", n)
+				require.Equal(t, 0, res.code, "check --max-pending %s: %s", n, res.stderr)
+				require.Contains(t, res.stdout, "OK: 4 pending dead letters", n)
+
+				res = run("dedup", "prune", "--batch", n)
+				require.Equal(t, 0, res.code, "prune --batch %s: %s", n, res.stderr)
+				require.Equal(t, "deleted 0 processed rows and 0 attempt counts older than 168h0m0s\n", res.stdout, n)
+			}
+			require.Len(t, auditOf(t, db), 1, "only dry runs after the first resolve")
+
+			for _, args := range [][]string{
+				{"dlq", "list", "--limit", "-1"},
+				{"dlq", "list", "--limit", "-9223372036854775808"},
+				{"dlq", "audit", "--limit", "-1"},
+				{"dlq", "discard", "--all", "--reason", "r", "--limit", "-1", "--yes"},
+				{"dlq", "resolve", "--all", "--limit", "-9223372036854775808", "--yes"},
+				{"dlq", "replay", "--all", "--limit", "-1", "--publish-url", "redis://127.0.0.1:1"},
+				{"dlq", "check", "--max-pending", "-9223372036854775808"},
+				{"dedup", "prune", "--batch", "-1"},
+				{"dlq", "list", "--limit", "9223372036854775808"},
+			} {
+				res := run(args...)
+				require.Equal(t, 2, res.code, "%v: %s", args, res.stderr)
+				require.Empty(t, res.stdout, args)
+			}
+			require.Len(t, auditOf(t, db), 1, "a usage error writes nothing")
+		})
+	}
+}
+
+// auditOf reads the audit entries of the store the database flags db name.
+func auditOf(t *testing.T, db []string) []auditJSON {
+	t.Helper()
+	res := idemAt(t, append([]string{"dlq", "audit", "--format", "json"}, db...)...)
+	require.Equal(t, 0, res.code, res.stderr)
+	var audit auditListJSON
+	require.NoError(t, json.Unmarshal([]byte(res.stdout), &audit))
+	return audit.Audit
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -274,7 +275,7 @@ func runList(ctx context.Context, e *env, sel *filterFlags, out *outputFlags, li
 		return err
 	}
 	defer st.close()
-	flt.AfterID, flt.Limit = after, limit+1
+	flt.AfterID, flt.Limit = after, peek(limit)
 	recs, err := st.List(ctx, flt)
 	if err != nil {
 		return err
@@ -322,6 +323,15 @@ func runList(ctx context.Context, e *env, sel *filterFlags, out *outputFlags, li
 		}
 	}
 	return nil
+}
+
+// peek is the number of rows to read for a page of limit: one more, to know whether
+// another page follows. A limit of math.MaxInt has no next page: it reads limit rows.
+func peek(limit int) int {
+	if limit == math.MaxInt {
+		return limit
+	}
+	return limit + 1
 }
 
 func runShow(ctx context.Context, e *env, out *outputFlags) error {
@@ -553,7 +563,7 @@ func runAudit(ctx context.Context, e *env, a auditFlags, out *outputFlags) error
 	if err != nil {
 		return err
 	}
-	f := dlq.AuditFilter{Action: dlq.Action(a.action), DeadLetterID: a.id, AfterID: a.after, Limit: a.limit + 1}
+	f := dlq.AuditFilter{Action: dlq.Action(a.action), DeadLetterID: a.id, AfterID: a.after, Limit: peek(a.limit)}
 	switch f.Action {
 	case "", dlq.ActionReplay, dlq.ActionDiscard, dlq.ActionResolve:
 	default:
