@@ -404,3 +404,24 @@ func FuzzNormalizeMessage(f *testing.F) {
 		require.Equal(t, got, strings.Join(strings.Fields(got), " "))
 	})
 }
+
+// benchmarkErrors are typical errors that reach a dead letter, about 300 bytes each:
+// one holds a DSN password and a query-string token among ordinary words, the other
+// no secret at all.
+var benchmarkErrors = []struct{ name, text string }{
+	{"Secrets", "handle order A-1042: charge customer 7731: POST https://api.payments.example.com/v1/charges?idempotency_key=ord-1042&access_token=t0k3n: " +
+		"502 Bad Gateway: retry via queue: dial postgres://orders:s3cr3tPW@db.internal:5432/orders?sslmode=require: connect: connection refused (after 3 attempts, consumer orders)"},
+	{"Plain", "handle order A-1042: charge customer 7731: POST https://api.payments.example.com/v1/charges?idempotency_key=ord-1042: " +
+		"502 Bad Gateway: retry via queue: dial tcp 10.0.3.7:5432: connect: connection refused (after 3 attempts, last at 2024-05-01T10:00:00Z, consumer orders-projector-v2)"},
+}
+
+func BenchmarkScrubError(b *testing.B) {
+	for _, bb := range benchmarkErrors {
+		b.Run(bb.name, func(b *testing.B) {
+			b.SetBytes(int64(len(bb.text)))
+			for b.Loop() {
+				ScrubError(bb.text, 0)
+			}
+		})
+	}
+}
