@@ -137,10 +137,10 @@ type Change struct {
 	// Selector says how the operator selected the dead letters, for the audit: a
 	// list of IDs, or a filter such as "status=pending consumer=billing".
 	Selector string
-	// Counts, for MarkReplayed only, holds each dead letter's Count as read before
-	// its copy was published. A dead letter whose Count has grown since was
-	// dead-lettered again by its replayed copy: MarkReplayed counts the replay but
-	// leaves it pending. A dead letter missing from Counts is marked replayed.
+	// Counts, for Replay and MarkReplayed only, holds each dead letter's Count as read
+	// before its copy was published. A dead letter whose Count has grown since was
+	// dead-lettered again by its replayed copy: the replay is counted, but the dead
+	// letter stays pending. A dead letter missing from Counts is marked replayed.
 	Counts map[int64]int
 }
 
@@ -229,22 +229,32 @@ type Reviewer interface {
 	Report(ctx context.Context, f Filter) ([]Group, error)
 	// Get returns the dead letter with the given ID, or an error wrapping ErrNotFound.
 	Get(ctx context.Context, id int64) (*Record, error)
-	// ResetAttempts forgets the failed attempts counted for the events of the dead
-	// letters ids, so that their replayed copies get a whole attempt budget again
-	// instead of being dead-lettered on their first failure. Replay calls it before
-	// publishing. Unknown IDs are ignored.
-	ResetAttempts(ctx context.Context, ids []int64) error
+	// Replay republishes the dead letters c.IDs through publish and records it, in one
+	// transaction: it forgets the failed attempts counted for their events, so that
+	// the replayed copies get a whole attempt budget again instead of being
+	// dead-lettered on their first failure; it calls publish; then, when publish
+	// succeeded, it records the replay as MarkReplayed does, audit entry included.
+	// When publish fails, Replay rolls back and returns publish's error as it is: the
+	// dead letters and their attempt counts are left as they were. Any other error
+	// also leaves them as they were, whether publish ran or not.
+	//
+	// The attempt counts stay held by the transaction while publish runs: a consumer
+	// that counts a failure of a replayed copy before the commit waits for it, then
+	// counts from zero. Keep publish short: on PostgreSQL, the consumers' writes to
+	// those attempt counts wait for it; on SQLite, every write to the database does.
+	Replay(ctx context.Context, c Change, publish func() error) (AuditEntry, error)
 	// MarkReplayed records that the dead letters c.IDs were republished: it bumps
 	// their replay count and sets their status to replayed (but see Change.Counts).
 	// It writes one audit entry listing them, in the same transaction, and returns it.
+	// It leaves the attempt counts alone: Replay is the whole replay.
 	MarkReplayed(ctx context.Context, c Change) (AuditEntry, error)
 	// Discard sets the status of the dead letters c.IDs to discarded; c.Reason is
 	// required. Resolve sets it to resolved. Each changes only the dead letters whose
 	// status differs, and writes one audit entry listing them, in the same
 	// transaction, and returns it.
 	//
-	// When MarkReplayed, Discard or Resolve changes nothing (unknown IDs, or all in
-	// that status already), it writes no audit entry and returns one with no
+	// When Replay, MarkReplayed, Discard or Resolve changes nothing (unknown IDs, or
+	// all in that status already), it writes no audit entry and returns one with no
 	// DeadLetterIDs.
 	Discard(ctx context.Context, c Change) (AuditEntry, error)
 	Resolve(ctx context.Context, c Change) (AuditEntry, error)

@@ -165,20 +165,45 @@ ORDER BY count(*) DESC, min(dead_lettered_at), consumer, topic, fingerprint`
 	return out, nil
 }
 
-// ResetAttempts forgets the failed attempts counted for the events of the dead letters
-// ids; see dlq.Reviewer.
-func (s *Store) ResetAttempts(ctx context.Context, ids []int64) error {
-	_, err := s.pool.Exec(ctx, `DELETE FROM `+s.schema+`.attempts AS a
-USING `+s.schema+`.dead_letters AS d
-WHERE d.id = ANY($1::bigint[]) AND a.consumer = d.consumer AND a.event_id = d.event_id`, ids)
-	if err != nil {
-		return fmt.Errorf("postgres: reset attempts: %w", err)
-	}
-	return nil
-}
-
 // MarkReplayed records that the dead letters c.IDs were republished; see dlq.Reviewer.
 func (s *Store) MarkReplayed(ctx context.Context, c dlq.Change) (dlq.AuditEntry, error) {
+	return s.change(ctx, dlq.ActionReplay, c, nil, s.markReplayedSQL(), c.IDs, seenCounts(c))
+}
+
+// Replay forgets the failed attempts counted for the events of the dead letters c.IDs,
+// calls publish, and records the replay as MarkReplayed does, in one transaction; see
+// dlq.Reviewer. The DELETE of the attempt counts holds their rows until the commit: a
+// consumer counting a failure of the replayed copy meanwhile waits, then counts from
+// zero.
+func (s *Store) Replay(ctx context.Context, c dlq.Change, publish func() error) (dlq.AuditEntry, error) {
+	var published error
+	entry, err := s.change(ctx, dlq.ActionReplay, c, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `DELETE FROM `+s.schema+`.attempts AS a
+USING `+s.schema+`.dead_letters AS d
+WHERE d.id = ANY($1::bigint[]) AND a.consumer = d.consumer AND a.event_id = d.event_id`, c.IDs); err != nil {
+			return fmt.Errorf("reset attempts: %w", err)
+		}
+		published = publish()
+		return published
+	}, s.markReplayedSQL(), c.IDs, seenCounts(c))
+	if published != nil {
+		return dlq.AuditEntry{}, published
+	}
+	return entry, err
+}
+
+func (s *Store) markReplayedSQL() string {
+	return `UPDATE ` + s.schema + `.dead_letters AS d SET
+    replay_count = d.replay_count + 1,
+    status       = CASE WHEN c.seen < 0 OR d.count = c.seen THEN 'replayed' ELSE d.status END,
+    updated_at   = now()
+FROM unnest($1::bigint[], $2::bigint[]) AS c(id, seen)
+WHERE d.id = c.id
+RETURNING d.id`
+}
+
+// seenCounts lists c.Counts in the order of c.IDs, -1 for a dead letter not in it.
+func seenCounts(c dlq.Change) []int64 {
 	seen := make([]int64, len(c.IDs))
 	for i, id := range c.IDs {
 		seen[i] = -1
@@ -186,24 +211,18 @@ func (s *Store) MarkReplayed(ctx context.Context, c dlq.Change) (dlq.AuditEntry,
 			seen[i] = int64(n)
 		}
 	}
-	return s.change(ctx, dlq.ActionReplay, c, `UPDATE `+s.schema+`.dead_letters AS d SET
-    replay_count = d.replay_count + 1,
-    status       = CASE WHEN c.seen < 0 OR d.count = c.seen THEN 'replayed' ELSE d.status END,
-    updated_at   = now()
-FROM unnest($1::bigint[], $2::bigint[]) AS c(id, seen)
-WHERE d.id = c.id
-RETURNING d.id`, c.IDs, seen)
+	return seen
 }
 
 // Discard sets the status of the dead letters c.IDs to discarded, with c.Reason; see
 // dlq.Reviewer.
 func (s *Store) Discard(ctx context.Context, c dlq.Change) (dlq.AuditEntry, error) {
-	return s.change(ctx, dlq.ActionDiscard, c, s.setStatusSQL(dlq.StatusDiscarded), c.IDs)
+	return s.change(ctx, dlq.ActionDiscard, c, nil, s.setStatusSQL(dlq.StatusDiscarded), c.IDs)
 }
 
 // Resolve sets the status of the dead letters c.IDs to resolved; see dlq.Reviewer.
 func (s *Store) Resolve(ctx context.Context, c dlq.Change) (dlq.AuditEntry, error) {
-	return s.change(ctx, dlq.ActionResolve, c, s.setStatusSQL(dlq.StatusResolved), c.IDs)
+	return s.change(ctx, dlq.ActionResolve, c, nil, s.setStatusSQL(dlq.StatusResolved), c.IDs)
 }
 
 func (s *Store) setStatusSQL(st dlq.Status) string {
@@ -212,14 +231,19 @@ WHERE id = ANY($1::bigint[]) AND status <> '` + string(st) + `'
 RETURNING id`
 }
 
-// change runs update, which returns the IDs it changed, and writes the audit entry
-// listing them, in one transaction.
-func (s *Store) change(ctx context.Context, a dlq.Action, c dlq.Change, update string, args ...any) (dlq.AuditEntry, error) {
+// change runs before, when not nil, then update, which returns the IDs it changed, and
+// writes the audit entry listing them, in one transaction.
+func (s *Store) change(ctx context.Context, a dlq.Action, c dlq.Change, before func(tx pgx.Tx) error, update string, args ...any) (dlq.AuditEntry, error) {
 	if err := c.Validate(a); err != nil {
 		return dlq.AuditEntry{}, err
 	}
 	var entry dlq.AuditEntry
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if before != nil {
+			if err := before(tx); err != nil {
+				return err
+			}
+		}
 		rows, err := tx.Query(ctx, update, args...)
 		if err != nil {
 			return err

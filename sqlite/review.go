@@ -185,19 +185,33 @@ ORDER BY count(*) DESC, min(dead_lettered_at), consumer, topic, fingerprint`
 	return out, nil
 }
 
-// ResetAttempts forgets the failed attempts counted for the events of the dead letters
-// ids; see dlq.Reviewer.
-func (s *Store) ResetAttempts(ctx context.Context, ids []int64) error {
-	return s.write(ctx, "reset attempts", func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `DELETE FROM attempts WHERE (consumer, event_id) IN (
-    SELECT consumer, event_id FROM dead_letters WHERE id IN (SELECT value FROM json_each(?1)))`, jsonIDs(ids))
-		return err
-	})
-}
-
 // MarkReplayed records that the dead letters c.IDs were republished; see dlq.Reviewer.
 func (s *Store) MarkReplayed(ctx context.Context, c dlq.Change) (dlq.AuditEntry, error) {
-	return s.change(ctx, dlq.ActionReplay, c, func(tx *sql.Tx) ([]int64, error) {
+	return s.change(ctx, dlq.ActionReplay, c, nil, s.markReplayed(ctx, c))
+}
+
+// Replay forgets the failed attempts counted for the events of the dead letters c.IDs,
+// calls publish, and records the replay as MarkReplayed does, in one write
+// transaction; see dlq.Reviewer. The store's other writes, and other processes', wait
+// while publish runs.
+func (s *Store) Replay(ctx context.Context, c dlq.Change, publish func() error) (dlq.AuditEntry, error) {
+	var published error
+	entry, err := s.change(ctx, dlq.ActionReplay, c, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM attempts WHERE (consumer, event_id) IN (
+    SELECT consumer, event_id FROM dead_letters WHERE id IN (SELECT value FROM json_each(?1)))`, jsonIDs(c.IDs)); err != nil {
+			return fmt.Errorf("reset attempts: %w", err)
+		}
+		published = publish()
+		return published
+	}, s.markReplayed(ctx, c))
+	if published != nil {
+		return dlq.AuditEntry{}, published
+	}
+	return entry, err
+}
+
+func (s *Store) markReplayed(ctx context.Context, c dlq.Change) func(tx *sql.Tx) ([]int64, error) {
+	return func(tx *sql.Tx) ([]int64, error) {
 		var ids []int64
 		for _, id := range c.IDs {
 			seen := -1
@@ -220,18 +234,18 @@ RETURNING id`, id, seen).Scan(&got)
 			ids = append(ids, got)
 		}
 		return ids, nil
-	})
+	}
 }
 
 // Discard sets the status of the dead letters c.IDs to discarded, with c.Reason; see
 // dlq.Reviewer.
 func (s *Store) Discard(ctx context.Context, c dlq.Change) (dlq.AuditEntry, error) {
-	return s.change(ctx, dlq.ActionDiscard, c, s.setStatus(ctx, dlq.StatusDiscarded, c.IDs))
+	return s.change(ctx, dlq.ActionDiscard, c, nil, s.setStatus(ctx, dlq.StatusDiscarded, c.IDs))
 }
 
 // Resolve sets the status of the dead letters c.IDs to resolved; see dlq.Reviewer.
 func (s *Store) Resolve(ctx context.Context, c dlq.Change) (dlq.AuditEntry, error) {
-	return s.change(ctx, dlq.ActionResolve, c, s.setStatus(ctx, dlq.StatusResolved, c.IDs))
+	return s.change(ctx, dlq.ActionResolve, c, nil, s.setStatus(ctx, dlq.StatusResolved, c.IDs))
 }
 
 func (s *Store) setStatus(ctx context.Context, st dlq.Status, ids []int64) func(tx *sql.Tx) ([]int64, error) {
@@ -255,14 +269,19 @@ RETURNING id`, string(st), jsonIDs(ids))
 	}
 }
 
-// change runs update, which returns the IDs it changed, and writes the audit entry
-// listing them, in one write transaction.
-func (s *Store) change(ctx context.Context, a dlq.Action, c dlq.Change, update func(tx *sql.Tx) ([]int64, error)) (dlq.AuditEntry, error) {
+// change runs before, when not nil, then update, which returns the IDs it changed, and
+// writes the audit entry listing them, in one write transaction.
+func (s *Store) change(ctx context.Context, a dlq.Action, c dlq.Change, before func(tx *sql.Tx) error, update func(tx *sql.Tx) ([]int64, error)) (dlq.AuditEntry, error) {
 	if err := c.Validate(a); err != nil {
 		return dlq.AuditEntry{}, err
 	}
 	var entry dlq.AuditEntry
 	err := s.write(ctx, string(a)+" dead letters", func(tx *sql.Tx) error {
+		if before != nil {
+			if err := before(tx); err != nil {
+				return err
+			}
+		}
 		ids, err := update(tx)
 		if err != nil {
 			return err

@@ -98,13 +98,14 @@ time through the publisher --publish-url names:
   redis://…      Redis Streams through watermill-redisstream: the stream must exist
 
 --publish-url defaults to $IDEM_PUBLISH_URL, then to the database URL when it is a
-postgres:// URL. Each dead letter is marked replayed, and its audit entry written in
-the same transaction, after its publish succeeded: a crash in between can only
-publish it twice, and the consumer skips the duplicate. Before publishing, replay
-forgets the event's counted failed attempts, so that the replayed copy gets a whole
-retry budget. Replay stops at the first publish error and reports how many dead
-letters it replayed. Dead letters without an event ID (reason malformed: their ID
-is derived from their content) cannot be replayed: replay refuses them.`,
+postgres:// URL. Each dead letter is replayed in one transaction of the store: it
+forgets the event's counted failed attempts (so that the replayed copy gets a whole
+retry budget), publishes, then marks the dead letter replayed and writes its audit
+entry. A failed publish rolls it back: the dead letter keeps its status and its
+attempts. A crash after the publish can only publish it twice, and the consumer
+skips the duplicate. Replay stops at the first publish error and reports how many
+dead letters it replayed. Dead letters without an event ID (reason malformed: their
+ID is derived from their content) cannot be replayed: replay refuses them.`,
 	setup: func(fs *flag.FlagSet) action {
 		sel := declareFilterFlags(fs, "pending")
 		ch := declareChangeFlags(fs, false)

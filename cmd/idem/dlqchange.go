@@ -312,22 +312,33 @@ func runReplay(ctx context.Context, e *env, sel *filterFlags, ch *changeFlags, o
 			prog.clear()
 			return stop(fmt.Errorf("interrupted before dead letter %d: %w", rec.ID, err))
 		}
-		if err := st.ResetAttempts(ctx, []int64{rec.ID}); err != nil {
-			prog.clear()
-			return stop(fmt.Errorf("dead letter %d: reset its attempt count: %w", rec.ID, err))
-		}
-		if err := publishReplay(ctx, pub, rec); err != nil {
-			prog.clear()
-			return stop(fmt.Errorf("publishing dead letter %d to topic %q failed: %w", rec.ID, rec.Topic, err))
-		}
-		res.Published = append(res.Published, rec.ID)
-		entry, err := st.MarkReplayed(context.WithoutCancel(ctx), dlq.Change{
+		// One transaction forgets the event's counted attempts, publishes, and marks
+		// the dead letter replayed with its audit entry: a failed publish leaves the
+		// dead letter and its attempts as they were. It outlives an interrupt once the
+		// publish succeeded.
+		var published bool
+		var pubErr error
+		entry, err := st.Replay(context.WithoutCancel(ctx), dlq.Change{
 			IDs: []int64{rec.ID}, Actor: who, Reason: ch.reason, Selector: res.Selector,
 			Counts: map[int64]int{rec.ID: rec.Count},
+		}, func() error {
+			pubErr = publishReplay(ctx, pub, rec)
+			published = pubErr == nil
+			return pubErr
 		})
-		if err != nil {
+		if published {
+			res.Published = append(res.Published, rec.ID)
+		}
+		switch {
+		case pubErr != nil:
 			prog.clear()
-			return stop(fmt.Errorf("dead letter %d was published but not marked replayed: %w (replaying it again is safe: the consumer skips a duplicate)", rec.ID, err))
+			return stop(fmt.Errorf("publishing dead letter %d to topic %q failed: %w", rec.ID, rec.Topic, pubErr))
+		case err != nil && published:
+			prog.clear()
+			return stop(fmt.Errorf("dead letter %d was published but not marked replayed, and its attempt count was kept: %w (replaying it again is safe: the consumer skips a duplicate)", rec.ID, err))
+		case err != nil:
+			prog.clear()
+			return stop(fmt.Errorf("dead letter %d: %w", rec.ID, err))
 		}
 		res.Changed = append(res.Changed, entry.DeadLetterIDs...)
 		if entry.ID != 0 {

@@ -27,6 +27,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemkit/idem/consumer"
+	"github.com/idemkit/idem/dedup"
 	"github.com/idemkit/idem/dlq"
 	"github.com/idemkit/idem/internal/testbroker"
 	"github.com/idemkit/idem/internal/testdb"
@@ -393,4 +394,130 @@ func TestReplayRefusals(t *testing.T) {
 	audit, err := store.Audit(t.Context(), dlq.AuditFilter{})
 	require.NoError(t, err)
 	require.Empty(t, audit, "nothing was replayed")
+}
+
+// TestReplayStopsAtPublishError replays four dead letters to watermill-sql, whose topic
+// table takes JSON payloads only: the third, binary, fails to publish. Replay stops
+// there, and only the two it published are marked replayed and have their counted
+// attempts forgotten; the third and the fourth keep theirs, and their status.
+func TestReplayStopsAtPublishError(t *testing.T) {
+	t.Parallel()
+	pool := testdb.Pool(t)
+	topic := randomTopic("idem_replay_")
+	sub, err := wsql.NewSubscriber(wsql.BeginnerFromPgx(pool), wsql.SubscriberConfig{
+		SchemaAdapter: wsql.DefaultPostgreSQLSchema{}, OffsetsAdapter: wsql.DefaultPostgreSQLOffsetsAdapter{}, InitializeSchema: true,
+	}, watermill.NopLogger{})
+	require.NoError(t, err)
+	require.NoError(t, sub.SubscribeInitialize(topic)) // a payload column of type JSON
+	t.Cleanup(func() {
+		_ = sub.Close()
+		ctx := context.Background()
+		_, _ = pool.Exec(ctx, "DROP TABLE IF EXISTS "+pgx.Identifier{"watermill_" + topic}.Sanitize())
+		_, _ = pool.Exec(ctx, "DROP TABLE IF EXISTS "+pgx.Identifier{"watermill_offsets_" + topic}.Sanitize())
+	})
+	letters := func() []*dlq.DeadLetter {
+		var out []*dlq.DeadLetter
+		for i := 1; i <= 4; i++ {
+			d := letterFor(topic, fmt.Sprintf("evt-%d", i))
+			d.Attempts = 3
+			if i == 3 {
+				d.Payload = []byte{0x00, 0xff, 'x'} // not JSON: the topic table refuses it
+			}
+			out = append(out, d)
+		}
+		return out
+	}
+
+	type attemptsReader func(t *testing.T) map[string]int
+	for _, backend := range []struct {
+		name  string
+		setup func(t *testing.T) (db []string, attempts attemptsReader, reviewer dlq.Reviewer)
+	}{
+		{"PostgreSQL", func(t *testing.T) ([]string, attemptsReader, dlq.Reviewer) {
+			schema := testdb.Schema(t, pool)
+			store, err := postgres.New(pool, postgres.Config{Schema: schema})
+			require.NoError(t, err)
+			for _, d := range letters() {
+				_, err := store.Put(t.Context(), d)
+				require.NoError(t, err)
+				for range 3 {
+					_, err := store.RecordFailure(t.Context(), dedup.Key{Consumer: d.Consumer, EventID: d.EventID}, "boom")
+					require.NoError(t, err)
+				}
+			}
+			read := func(t *testing.T) map[string]int {
+				rows, err := pool.Query(t.Context(), "SELECT event_id, attempts FROM "+pgx.Identifier{schema, "attempts"}.Sanitize())
+				require.NoError(t, err)
+				out := map[string]int{}
+				for rows.Next() {
+					var id string
+					var n int
+					require.NoError(t, rows.Scan(&id, &n))
+					out[id] = n
+				}
+				require.NoError(t, rows.Err())
+				return out
+			}
+			return []string{"--database-url", testdb.URL(), "--schema", schema}, read, store
+		}},
+		{"SQLite", func(t *testing.T) ([]string, attemptsReader, dlq.Reviewer) {
+			path := filepath.Join(t.TempDir(), "idem.db")
+			store, err := sqlite.Open(t.Context(), path, sqlite.Config{Migrate: true})
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = store.Close() })
+			for _, d := range letters() {
+				_, err := store.Put(t.Context(), d)
+				require.NoError(t, err)
+				for range 3 {
+					_, err := store.RecordFailure(t.Context(), dedup.Key{Consumer: d.Consumer, EventID: d.EventID}, "boom")
+					require.NoError(t, err)
+				}
+			}
+			read := func(t *testing.T) map[string]int {
+				rows, err := store.DB().QueryContext(t.Context(), "SELECT event_id, attempts FROM attempts")
+				require.NoError(t, err)
+				defer rows.Close()
+				out := map[string]int{}
+				for rows.Next() {
+					var id string
+					var n int
+					require.NoError(t, rows.Scan(&id, &n))
+					out[id] = n
+				}
+				require.NoError(t, rows.Err())
+				return out
+			}
+			return []string{"--database-url", path, "--publish-url", testdb.URL()}, read, store
+		}},
+	} {
+		t.Run(backend.name, func(t *testing.T) {
+			t.Parallel()
+			db, attempts, reviewer := backend.setup(t)
+			require.Equal(t, map[string]int{"evt-1": 3, "evt-2": 3, "evt-3": 3, "evt-4": 3}, attempts(t))
+
+			res := exe(t, "", nil, append([]string{"dlq", "replay", "--all", "--yes", "--format", "json"}, db...)...)
+			require.Equal(t, 1, res.code, res.stderr)
+			require.Contains(t, res.stderr, "idem: publishing dead letter 3 to topic")
+			var out changeJSON
+			require.NoError(t, json.Unmarshal([]byte(res.stdout), &out))
+			require.Equal(t, []int64{1, 2}, out.Published)
+			require.Equal(t, []int64{1, 2}, out.Changed)
+			require.Len(t, out.AuditIDs, 2)
+			require.NotNil(t, out.Error)
+
+			require.Equal(t, map[string]int{"evt-3": 3, "evt-4": 3}, attempts(t),
+				"only the published dead letters have their attempts forgotten")
+			for id, want := range map[int64]dlq.Status{1: dlq.StatusReplayed, 2: dlq.StatusReplayed, 3: dlq.StatusPending, 4: dlq.StatusPending} {
+				rec, err := reviewer.Get(t.Context(), id)
+				require.NoError(t, err)
+				require.Equal(t, want, rec.Status, id)
+				require.Equal(t, map[bool]int{true: 1, false: 0}[want == dlq.StatusReplayed], rec.ReplayCount, id)
+			}
+			audit, err := reviewer.Audit(t.Context(), dlq.AuditFilter{})
+			require.NoError(t, err)
+			require.Len(t, audit, 2)
+			require.Equal(t, []int64{1}, audit[0].DeadLetterIDs)
+			require.Equal(t, []int64{2}, audit[1].DeadLetterIDs)
+		})
+	}
 }

@@ -2,6 +2,7 @@ package dlqtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -336,7 +337,7 @@ func RunReview(t *testing.T, newHarness func(t *testing.T) ReviewHarness) {
 		require.Len(t, audit, 3)
 	})
 
-	t.Run("ResetAttempts", func(t *testing.T) {
+	t.Run("Replay", func(t *testing.T) {
 		t.Parallel()
 		h := newHarness(t)
 		for range 3 {
@@ -349,15 +350,55 @@ func RunReview(t *testing.T, newHarness func(t *testing.T) ReviewHarness) {
 		_, err = h.Store.Put(ctx, d)
 		require.NoError(t, err)
 		require.Equal(t, 3, len(mustGet(t, h, d.ID).History), "the dead letter keeps the history")
+		change := dlq.Change{IDs: []int64{d.ID}, Actor: operator, Selector: "ids", Counts: map[int64]int{d.ID: d.Count}}
 
-		require.NoError(t, h.Reviewer.ResetAttempts(ctx, []int64{d.ID, d.ID + 1000}))
+		// The publish fails: nothing changes, the attempt count included.
+		errPublish := errors.New("broker down")
+		calls := 0
+		_, err = h.Reviewer.Replay(ctx, change, func() error { calls++; return errPublish })
+		require.ErrorIs(t, err, errPublish)
+		require.Equal(t, errPublish, err, "the publish error, as it is")
+		require.Equal(t, 1, calls)
+		rec := mustGet(t, h, d.ID)
+		require.Equal(t, dlq.StatusPending, rec.Status)
+		require.Zero(t, rec.ReplayCount)
+		audit, err := h.Reviewer.Audit(ctx, dlq.AuditFilter{})
+		require.NoError(t, err)
+		require.Empty(t, audit)
 		n, err := h.RecordFailure(ctx, "billing", "evt-1")
+		require.NoError(t, err)
+		require.Equal(t, 4, n, "a dead letter not published keeps its attempt count")
+
+		// The publish succeeds: the attempt count is forgotten, with the mark and the
+		// audit entry.
+		e, err := h.Reviewer.Replay(ctx, change, func() error { calls++; return nil })
+		require.NoError(t, err)
+		require.Equal(t, 2, calls)
+		require.Equal(t, dlq.ActionReplay, e.Action)
+		require.Equal(t, []int64{d.ID}, e.DeadLetterIDs)
+		require.NotZero(t, e.ID)
+		rec = mustGet(t, h, d.ID)
+		require.Equal(t, dlq.StatusReplayed, rec.Status)
+		require.Equal(t, 1, rec.ReplayCount)
+		require.Equal(t, 3, len(rec.History), "the dead letter keeps its history")
+		n, err = h.RecordFailure(ctx, "billing", "evt-1")
 		require.NoError(t, err)
 		require.Equal(t, 1, n, "the replayed copy starts a new budget")
 		n, err = h.RecordFailure(ctx, "billing", "evt-2")
 		require.NoError(t, err)
 		require.Equal(t, 2, n, "other events keep their count")
-		require.Equal(t, 3, len(mustGet(t, h, d.ID).History), "the dead letter is untouched")
+		audit, err = h.Reviewer.Audit(ctx, dlq.AuditFilter{})
+		require.NoError(t, err)
+		require.Equal(t, []dlq.AuditEntry{e}, audit)
+
+		// An unknown dead letter: published, but nothing to record.
+		none, err := h.Reviewer.Replay(ctx, dlq.Change{IDs: []int64{d.ID + 1000}, Actor: operator}, func() error { return nil })
+		require.NoError(t, err)
+		require.Empty(t, none.DeadLetterIDs)
+		require.Zero(t, none.ID)
+
+		_, err = h.Reviewer.Replay(ctx, dlq.Change{Actor: operator}, func() error { t.Fatal("published without dead letters"); return nil })
+		require.Error(t, err)
 	})
 
 	t.Run("AuditFilters", func(t *testing.T) {
