@@ -259,11 +259,22 @@ func (c *Consumer) Publisher(pub message.Publisher) *middleware.Publisher {
 
 // Wrap returns h wrapped in the whole stack, with name as its consumer name. Use it to
 // register handlers on a router yourself, under the same name.
+//
+// Wrap, and likewise WrapConsumer, AddHandler and AddConsumerHandler, panics with an
+// error wrapping [dedup.ErrInvalidConsumer] when name is not a valid consumer name (see
+// dedup.ValidateConsumer: 1 to 200 bytes of valid UTF-8, not only white space,
+// without NUL or control characters), as message.Router.AddHandler panics on a
+// duplicate name: no event of such a consumer could ever be stored, and a programming
+// error is best found at start-up. Check a name that comes from configuration with
+// dedup.ValidateConsumer first.
 func (c *Consumer) Wrap(name string, h message.HandlerFunc) message.HandlerFunc {
 	return c.wrap(name, h, nil)
 }
 
 func (c *Consumer) wrap(name string, h message.HandlerFunc, produce func(context.Context, []*message.Message) error) message.HandlerFunc {
+	if err := dedup.ValidateConsumer(name); err != nil {
+		panic(fmt.Errorf("consumer: handler name: %w", err))
+	}
 	cfg := c.cfg
 	// The constructors cannot fail here: New validated everything they check.
 	deadLetter, _ := middleware.DeadLetter(middleware.DeadLetterConfig{

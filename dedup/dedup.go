@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -54,7 +56,9 @@ type Store interface {
 
 // KeyFunc extracts the event ID from a message. It returns an error when the message
 // carries no usable ID; the error should report Permanent() == true (as
-// [*InvalidEventIDError] does) unless a later delivery could carry a valid one.
+// [*InvalidEventIDError] does) unless a later delivery could carry a valid one. What
+// it returns is checked with [ValidateEventID] and [DefaultMaxIDLength] all the same,
+// so that every key can be stored.
 type KeyFunc func(msg *message.Message) (string, error)
 
 // FromMetadata returns a KeyFunc that reads the event ID from metadata key and
@@ -108,8 +112,9 @@ func (e *InvalidEventIDError) Is(target error) bool { return target == ErrInvali
 // Permanent reports true: an invalid event ID is never retried.
 func (e *InvalidEventIDError) Permanent() bool { return true }
 
-// ValidateEventID checks that id can be used as a dedup key: not empty, at most max
-// bytes (max <= 0 means [DefaultMaxIDLength]), valid UTF-8 and free of NUL bytes.
+// ValidateEventID checks that id can be used as a dedup key: not empty nor only white
+// space, at most max bytes (max <= 0 means [DefaultMaxIDLength]), valid UTF-8 and free
+// of NUL bytes.
 func ValidateEventID(id string, max int) error {
 	if max <= 0 {
 		max = DefaultMaxIDLength
@@ -124,23 +129,73 @@ func ValidateEventID(id string, max int) error {
 	switch {
 	case id == "":
 		return invalid("it is empty")
+	case strings.TrimSpace(id) == "":
+		return invalid("it is only white space")
 	case len(id) > max:
 		return invalid(fmt.Sprintf("it is %d bytes long, longer than the limit of %d", len(id), max))
 	case !utf8.ValidString(id):
 		return invalid("it is not valid UTF-8")
-	case containsNUL(id):
+	case strings.IndexByte(id, 0) >= 0:
 		return invalid("it contains a NUL byte")
 	}
 	return nil
 }
 
-func containsNUL(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] == 0 {
-			return true
+// MaxConsumerLength is the longest consumer name, in bytes, that [ValidateConsumer]
+// accepts.
+const MaxConsumerLength = 200
+
+// ErrInvalidConsumer is the sentinel that every [*InvalidConsumerError] matches with
+// errors.Is.
+var ErrInvalidConsumer = errors.New("dedup: invalid consumer name")
+
+// InvalidConsumerError reports a consumer name (a dedup scope, by default the
+// Watermill handler name) that no store can key events by.
+type InvalidConsumerError struct {
+	// Name is the offending name, quoted and cut to 64 bytes, safe to log.
+	Name string
+	// Reason says what is wrong with it.
+	Reason string
+}
+
+func (e *InvalidConsumerError) Error() string {
+	return fmt.Sprintf("dedup: invalid consumer name %s: %s; a consumer name must be 1 to %d bytes of valid UTF-8, "+
+		"not only white space, without NUL or other control characters", e.Name, e.Reason, MaxConsumerLength)
+}
+
+// Is reports whether target is [ErrInvalidConsumer].
+func (e *InvalidConsumerError) Is(target error) bool { return target == ErrInvalidConsumer }
+
+// Permanent reports true: no delivery can fix the name of the consumer.
+func (e *InvalidConsumerError) Permanent() bool { return true }
+
+// ValidateConsumer checks that name can scope dedup keys: 1 to [MaxConsumerLength]
+// bytes of valid UTF-8, not only white space, without NUL or other control
+// characters (which would also garble logs and the review command's output).
+func ValidateConsumer(name string) error {
+	invalid := func(reason string) error {
+		shown := name
+		if len(shown) > 64 {
+			shown = shown[:64]
 		}
+		return &InvalidConsumerError{Name: fmt.Sprintf("%q", shown), Reason: reason}
 	}
-	return false
+	switch {
+	case name == "":
+		return invalid("it is empty")
+	case strings.TrimSpace(name) == "":
+		return invalid("it is only white space")
+	case len(name) > MaxConsumerLength:
+		return invalid(fmt.Sprintf("it is %d bytes long", len(name)))
+	case !utf8.ValidString(name):
+		return invalid("it is not valid UTF-8")
+	case strings.IndexFunc(name, unicode.IsControl) >= 0:
+		if strings.IndexByte(name, 0) >= 0 {
+			return invalid("it contains a NUL byte")
+		}
+		return invalid("it contains a control character")
+	}
+	return nil
 }
 
 // DerivedKey returns a stable stand-in event ID for a message that has no valid one:

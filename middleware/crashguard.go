@@ -21,7 +21,9 @@ type CrashGuardConfig struct {
 	// process died or hung in the handler) before the next delivery is dead-lettered
 	// as crash-looped without running the handler. Required, at least 1.
 	Deliveries int
-	// Consumer names the dedup scope. Defaults to the Watermill handler name.
+	// Consumer names the dedup scope; it must pass dedup.ValidateConsumer. Defaults to
+	// the Watermill handler name (a message whose handler name does not pass is
+	// dead-lettered as malformed).
 	Consumer string
 	// KeyFunc extracts the event ID. Defaults to dedup.FromMetadata(dedup.MetadataKey).
 	KeyFunc dedup.KeyFunc
@@ -55,6 +57,9 @@ func (e *CrashLoopError) Permanent() bool { return true }
 func CrashGuard(cfg CrashGuardConfig) (message.HandlerMiddleware, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("middleware: CrashGuardConfig.Store is required")
+	}
+	if err := validConsumer(cfg.Consumer); err != nil {
+		return nil, fmt.Errorf("middleware: CrashGuardConfig.Consumer: %w", err)
 	}
 	if cfg.Deliveries < 1 {
 		return nil, fmt.Errorf("middleware: CrashGuardConfig.Deliveries must be at least 1, got %d", cfg.Deliveries)

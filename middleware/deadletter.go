@@ -45,7 +45,9 @@ type DeadLetterConfig struct {
 	// Policy classifies failures and says how many attempts an event gets; use the
 	// same Policy as [Retry]. Its zero value is ready to use.
 	Policy retry.Policy
-	// Consumer names the dedup scope. Defaults to the Watermill handler name.
+	// Consumer names the dedup scope; it must pass dedup.ValidateConsumer. Defaults to
+	// the Watermill handler name (a message whose handler name does not pass is
+	// dead-lettered as malformed).
 	Consumer string
 	// KeyFunc extracts the event ID. Defaults to dedup.FromMetadata(dedup.MetadataKey).
 	KeyFunc dedup.KeyFunc
@@ -82,6 +84,9 @@ func DeadLetter(cfg DeadLetterConfig) (message.HandlerMiddleware, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("middleware: DeadLetterConfig.Store is required")
 	}
+	if err := validConsumer(cfg.Consumer); err != nil {
+		return nil, fmt.Errorf("middleware: DeadLetterConfig.Consumer: %w", err)
+	}
 	p := cfg.Policy.WithDefaults()
 	if err := p.Validate(); err != nil {
 		return nil, fmt.Errorf("middleware: DeadLetterConfig.Policy: %w", err)
@@ -99,7 +104,8 @@ func DeadLetter(cfg DeadLetterConfig) (message.HandlerMiddleware, error) {
 	if dl.fingerprint == nil {
 		dl.fingerprint = dlq.Fingerprint
 	}
-	dl.host, _ = os.Hostname()
+	host, _ := os.Hostname()
+	dl.host = dlq.Storable(host, 0)
 	return dl.middleware, nil
 }
 
@@ -176,26 +182,29 @@ func (dl *deadLetterer) deferral(msg *message.Message, d *delivery, err error) (
 func (dl *deadLetterer) deadLetter(msg *message.Message, d *delivery, reason dlq.Reason, cause error, attempts int) ([]*message.Message, error) {
 	ctx := msg.Context()
 	sc := trace.SpanContextFromContext(ctx)
+	// Every text field is made storable (dlq.Storable, dlq.ScrubError): a byte a text
+	// column cannot hold must not send the message back to the broker forever. The
+	// payload and the metadata are kept as they came.
 	letter := &dlq.DeadLetter{
 		Consumer:     d.key.Consumer,
 		EventID:      d.key.EventID,
-		Topic:        message.SubscribeTopicFromCtx(ctx),
-		Handler:      message.HandlerNameFromCtx(ctx),
-		MessageUUID:  msg.UUID,
-		EventType:    msg.Metadata.Get(EventTypeKey),
-		EventVersion: msg.Metadata.Get(EventVersionKey),
+		Topic:        dlq.Storable(message.SubscribeTopicFromCtx(ctx), 0),
+		Handler:      dlq.Storable(message.HandlerNameFromCtx(ctx), 0),
+		MessageUUID:  dlq.Storable(msg.UUID, 0),
+		EventType:    dlq.Storable(msg.Metadata.Get(EventTypeKey), 0),
+		EventVersion: dlq.Storable(msg.Metadata.Get(EventVersionKey), 0),
 		Host:         dl.host,
 		Payload:      msg.Payload,
 		Metadata:     redactSecrets(msg.Metadata),
 		Reason:       reason,
 		Error:        dlq.ScrubError(cause.Error(), 0),
-		Fingerprint:  dl.fingerprint(d.key.Consumer, cause),
+		Fingerprint:  dlq.Storable(dl.fingerprint(d.key.Consumer, cause), 0),
 		Attempts:     attempts,
 	}
 	if id, ok := CorrelationID(ctx); ok {
-		letter.CorrelationID = id
+		letter.CorrelationID = dlq.Storable(id, 0)
 	} else {
-		letter.CorrelationID = msg.Metadata.Get(CorrelationIDKey)
+		letter.CorrelationID = dlq.Storable(msg.Metadata.Get(CorrelationIDKey), 0)
 	}
 	if sc.IsValid() {
 		letter.TraceID, letter.SpanID = sc.TraceID().String(), sc.SpanID().String()
@@ -203,6 +212,14 @@ func (dl *deadLetterer) deadLetter(msg *message.Message, d *delivery, reason dlq
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dl.timeout)
 	defer cancel()
 	created, err := dl.store.Put(wctx, letter)
+	if err != nil && dl.policy.Class(err) == retry.ClassPermanent {
+		// The store refused the dead letter for its data (SQLSTATE class 22, say):
+		// the message's fault, not an outage. Keep what identifies it instead.
+		dl.logger.LogAttrs(ctx, slog.LevelError, "idem: the store refused the dead letter's data; storing it in reduced form",
+			append(logAttrs(msg, d), slog.String("error", dlq.ScrubError(err.Error(), 0)))...)
+		letter = dlq.Reduce(letter, err)
+		created, err = dl.store.Put(wctx, letter)
+	}
 	if err != nil {
 		return dl.deferral(msg, d, retry.Infrastructure(fmt.Errorf("storing the dead letter failed, the message goes back to the broker: %w (the message failed with: %v)", err, cause)))
 	}

@@ -23,7 +23,9 @@ const DefaultBookkeepingTimeout = 10 * time.Second
 type DedupConfig struct {
 	// Store claims events and counts failed attempts. Required.
 	Store dedup.Store
-	// Consumer names the dedup scope. Defaults to the Watermill handler name.
+	// Consumer names the dedup scope; it must pass dedup.ValidateConsumer. Defaults to
+	// the Watermill handler name (a message whose handler name does not pass is
+	// dead-lettered as malformed).
 	Consumer string
 	// KeyFunc extracts the event ID. Defaults to dedup.FromMetadata(dedup.MetadataKey).
 	KeyFunc dedup.KeyFunc
@@ -59,6 +61,9 @@ type DedupConfig struct {
 func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("middleware: DedupConfig.Store is required")
+	}
+	if err := validConsumer(cfg.Consumer); err != nil {
+		return nil, fmt.Errorf("middleware: DedupConfig.Consumer: %w", err)
 	}
 	classify := cfg.Classify
 	if classify == nil {
@@ -124,7 +129,12 @@ func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 			defer cancel()
 			n, rerr := cfg.Store.RecordFailure(rctx, d.key, dlq.ScrubError(err.Error(), 0))
-			if rerr != nil {
+			switch {
+			case rerr != nil && classify(rerr) == retry.ClassPermanent:
+				// The store refused the record for its data: the message's fault. Without
+				// a count its attempts would never end, so it is dead-lettered now.
+				return nil, retry.Permanent(fmt.Errorf("%w; counting the failed attempt failed on its data: %w", err, rerr))
+			case rerr != nil:
 				return nil, retry.Infrastructure(fmt.Errorf("%w; counting the failed attempt failed too: %w", err, rerr))
 			}
 			d.failures = n

@@ -115,11 +115,30 @@ func keyedDeliveryOf(msg *message.Message, consumer string, keyFunc dedup.KeyFun
 	}
 	d.keyed = true
 	d.key.Consumer = consumerName(msg.Context(), consumer)
+	if err := dedup.ValidateConsumer(d.key.Consumer); err != nil {
+		// Only a Watermill handler name can get here (configured names are checked at
+		// start-up): the message is dead-lettered under a storable form of it rather
+		// than handed back forever.
+		d.key.Consumer, d.keyErr = dlq.Storable(d.key.Consumer, dedup.MaxConsumerLength), err
+		return d
+	}
 	if keyFunc == nil {
 		keyFunc = dedup.FromMetadata(dedup.MetadataKey)
 	}
 	d.key.EventID, d.keyErr = keyFunc(msg)
+	if d.keyErr == nil {
+		// Whatever a KeyFunc returns must be storable as a key.
+		d.keyErr = dedup.ValidateEventID(d.key.EventID, dedup.DefaultMaxIDLength)
+	}
 	return d
+}
+
+// validConsumer checks a configured consumer name; empty means the handler name.
+func validConsumer(name string) error {
+	if name == "" {
+		return nil
+	}
+	return dedup.ValidateConsumer(name)
 }
 
 // consumerName is the configured consumer name, or else the Watermill handler name.

@@ -25,7 +25,9 @@ import (
 //     exist (run Migrate), failures to acquire a pooled connection, and any failure of
 //     the store's own begin, claim or commit that is not transient;
 //   - permanent (dead-letter now): class 22 data exceptions (the payload cannot be
-//     stored as it is), 23502 not-null and 23514 check violations;
+//     stored as it is), 23502 not-null and 23514 check violations, and 54000 (a value
+//     too large for an index), also when the store's own statements fail with them:
+//     the data is the message's, and no redelivery can change it;
 //   - anything else: [retry.ClassUnknown], so that the default rules apply.
 func Classify(err error) retry.Class {
 	if err == nil {
@@ -33,8 +35,11 @@ func Classify(err error) retry.Class {
 	}
 	var se *storeError
 	if errors.As(err, &se) {
-		if transientError(se.Err) {
+		switch {
+		case transientError(se.Err):
 			return retry.ClassTransient
+		case dataError(se.Err):
+			return retry.ClassPermanent
 		}
 		return retry.ClassInfrastructure
 	}
@@ -61,7 +66,7 @@ func classifySQLState(code string) retry.Class {
 		code == "57P01", code == "57P02", code == "57P03",
 		code == "3D000", code == "3F000", code == "42P01":
 		return retry.ClassInfrastructure
-	case strings.HasPrefix(code, "22"), code == "23502", code == "23514":
+	case strings.HasPrefix(code, "22"), code == "23502", code == "23514", code == "54000":
 		return retry.ClassPermanent
 	}
 	return retry.ClassUnknown
@@ -75,6 +80,13 @@ func transientError(err error) bool {
 	}
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && classifySQLState(pgErr.Code) == retry.ClassTransient
+}
+
+// dataError reports whether a failure of the store's own statements is due to the
+// data they were given, as opposed to the database.
+func dataError(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && classifySQLState(pgErr.Code) == retry.ClassPermanent
 }
 
 func connectionError(err error) bool {
@@ -108,5 +120,10 @@ func (e *storeError) Error() string {
 func (e *storeError) Unwrap() error { return e.Err }
 
 // Infrastructure reports whether the failure is not the message's fault: every store
-// failure is, except a transient conflict between concurrent transactions.
-func (e *storeError) Infrastructure() bool { return !transientError(e.Err) }
+// failure is, except a transient conflict between concurrent transactions and a
+// value the database refused (see Permanent).
+func (e *storeError) Infrastructure() bool { return !transientError(e.Err) && !dataError(e.Err) }
+
+// Permanent reports whether the database refused the data it was given (SQLSTATE
+// class 22, say): the message's fault, which no redelivery can mend.
+func (e *storeError) Permanent() bool { return dataError(e.Err) }

@@ -2,6 +2,8 @@ package postgres_test
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"strings"
 	"sync"
@@ -9,9 +11,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemkit/idem/dedup"
+	"github.com/idemkit/idem/dlq"
 	"github.com/idemkit/idem/internal/testdb"
 	"github.com/idemkit/idem/postgres"
 	"github.com/idemkit/idem/retry"
@@ -86,6 +90,7 @@ func TestClassifySQLStates(t *testing.T) {
 		{"42P01", retry.ClassInfrastructure},
 		{"22P02", retry.ClassPermanent},
 		{"23514", retry.ClassPermanent},
+		{"54000", retry.ClassPermanent},
 		{"23505", retry.ClassUnknown},
 		{"P0001", retry.ClassUnknown},
 	}
@@ -101,6 +106,44 @@ func TestClassifySQLStates(t *testing.T) {
 	require.Equal(t, retry.ClassPermanent, p.Class(retry.Permanent(err)), "the handler's explicit intent wins")
 	require.Equal(t, retry.ClassUnknown, postgres.Classify(nil))
 	require.Equal(t, retry.ClassUnknown, postgres.Classify(errors.New("plain")))
+}
+
+// TestStoreFailuresOnTheDataArePermanent: when the store's own statements fail
+// because of the data they were given (a NUL byte a text column refuses, a value too
+// large for an index), the failure is the message's, never an outage: classified
+// permanent, by the store's classifier and by behaviour alike, so that the message
+// is dead-lettered instead of handed back forever.
+func TestStoreFailuresOnTheDataArePermanent(t *testing.T) {
+	t.Parallel()
+	store, _ := testdb.Store(t)
+	ctx := context.Background()
+	bad := dedup.Key{Consumer: "c", EventID: "e\x00"}
+	_, err := store.Run(ctx, bad, func(context.Context) error { return nil })
+	requirePermanent(t, err, "22021")
+	_, err = store.RecordFailure(ctx, dedup.Key{Consumer: "c", EventID: "e"}, "cause \x00")
+	requirePermanent(t, err, "22021")
+	_, err = store.Put(ctx, &dlq.DeadLetter{Consumer: "c", EventID: "e", Topic: "t\xff"})
+	requirePermanent(t, err, "22021")
+	_, err = store.Put(ctx, &dlq.DeadLetter{Consumer: "c", EventID: "e", Fingerprint: randomText(t, 1<<16)})
+	requirePermanent(t, err, "54000")
+}
+
+func requirePermanent(t *testing.T, err error, code string) {
+	t.Helper()
+	var pgErr *pgconn.PgError
+	require.ErrorAs(t, err, &pgErr)
+	require.Equal(t, code, pgErr.Code)
+	require.Equal(t, retry.ClassPermanent, postgres.Classify(err), "%v", err)
+	require.Equal(t, retry.ClassPermanent, retry.Classify(err), "by behaviour: %v", err)
+}
+
+// randomText returns n bytes of incompressible hexadecimal text.
+func randomText(t *testing.T, n int) string {
+	t.Helper()
+	b := make([]byte, n/2)
+	_, err := rand.Read(b)
+	require.NoError(t, err)
+	return hex.EncodeToString(b)
 }
 
 func TestRunInsideFailedTransactionRollsBack(t *testing.T) {

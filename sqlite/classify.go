@@ -29,7 +29,9 @@ var ErrBusy = errors.New("sqlite: database is busy: waited Config.BusyTimeout fo
 //     failure of the store's own begin, claim or commit that is not transient;
 //   - permanent (dead-letter now): NOT NULL and CHECK constraint violations, a value
 //     of the wrong type for a STRICT table's column, a datatype mismatch and a value
-//     too big for SQLite (the payload cannot be stored as it is);
+//     too big for SQLite (the payload cannot be stored as it is), also when the
+//     store's own statements fail with them: the data is the message's, and no
+//     redelivery can change it;
 //   - anything else: [retry.ClassUnknown], so that the default rules apply.
 func Classify(err error) retry.Class {
 	if err == nil {
@@ -37,8 +39,11 @@ func Classify(err error) retry.Class {
 	}
 	var se *storeError
 	if errors.As(err, &se) {
-		if transientError(se.Err) {
+		switch {
+		case transientError(se.Err):
 			return retry.ClassTransient
+		case dataError(se.Err):
+			return retry.ClassPermanent
 		}
 		return retry.ClassInfrastructure
 	}
@@ -84,6 +89,14 @@ func transientError(err error) bool {
 	return errors.As(err, &sqlErr) && classifyCode(sqlErr.Code()) == retry.ClassTransient
 }
 
+// dataError reports whether a failure of the store's own statements is due to the
+// data they were given (a constraint, a type mismatch, a value too big), as opposed to
+// the database.
+func dataError(err error) bool {
+	var sqlErr *sqlite.Error
+	return errors.As(err, &sqlErr) && classifyCode(sqlErr.Code()) == retry.ClassPermanent
+}
+
 // storeError is a failure of the store's own work (open, begin, claim, commit,
 // bookkeeping), as opposed to an error the user's handler returned.
 type storeError struct {
@@ -110,5 +123,10 @@ func missingTable(err *sqlite.Error) bool {
 }
 
 // Infrastructure reports whether the failure is not the message's fault: every store
-// failure is, except a transient wait for the write lock.
-func (e *storeError) Infrastructure() bool { return !transientError(e.Err) }
+// failure is, except a transient wait for the write lock and a value the database
+// refused (see Permanent).
+func (e *storeError) Infrastructure() bool { return !transientError(e.Err) && !dataError(e.Err) }
+
+// Permanent reports whether the database refused the data it was given: the
+// message's fault, which no redelivery can mend.
+func (e *storeError) Permanent() bool { return dataError(e.Err) }
