@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -531,4 +533,126 @@ func auditOf(t *testing.T, db []string) []auditJSON {
 	var audit auditListJSON
 	require.NoError(t, json.Unmarshal([]byte(res.stdout), &audit))
 	return audit.Audit
+}
+
+// hostileMetadata has keys that encoding/json alone would print alike (invalid UTF-8
+// becomes U+FFFD), or that terminals would act on, and values that JSON text cannot
+// hold as they are.
+var hostileMetadata = map[string]string{
+	"event_id":      "evt-md",
+	"k\xff":         "invalid one",
+	"k\xfe":         "invalid two",
+	"k\ufffd":       "replacement character",
+	"base64:azk=":   "looks encoded",
+	"nul\x00key":    "nul in the key",
+	"esc\x1b[2Jkey": "escape in the key",
+	`esc\x1b[2Jkey`: "backslash, not an escape",
+	"nul-value":     "a\x00b",
+	"prefixed":      "base64:not really",
+}
+
+// uniqueKeys decodes the JSON document doc, failing on an object that has a key
+// twice.
+func uniqueKeys(t *testing.T, doc string) {
+	t.Helper()
+	dec := json.NewDecoder(strings.NewReader(doc))
+	var walk func()
+	walk = func() {
+		tok, err := dec.Token()
+		require.NoError(t, err)
+		d, ok := tok.(json.Delim)
+		if !ok {
+			return
+		}
+		seen := map[string]bool{}
+		for dec.More() {
+			if d == '{' {
+				k, err := dec.Token()
+				require.NoError(t, err)
+				require.False(t, seen[k.(string)], "key %q twice in %s", k, doc)
+				seen[k.(string)] = true
+			}
+			walk()
+		}
+		_, err = dec.Token()
+		require.NoError(t, err)
+	}
+	walk()
+}
+
+func TestMetadataKeysAreUnambiguous(t *testing.T) {
+	t.Parallel()
+	row := goldenRows[0]
+	row.eventID, row.metadata = "evt-md", hostileMetadata
+	for _, backend := range []struct {
+		name string
+		args func(t *testing.T) []string
+	}{
+		{"PostgreSQL", func(t *testing.T) []string { return pgArgs(t, []seedRow{row}) }},
+		{"SQLite", func(t *testing.T) []string { return []string{"--database-url", sqliteDB(t, []seedRow{row})} }},
+	} {
+		t.Run(backend.name, func(t *testing.T) {
+			t.Parallel()
+			db := backend.args(t)
+			want := dlq.SanitizeMetadata(hostileMetadata) // as every format shows it
+
+			// JSON: no key twice, and dlq.DecodeMetadata reads back every key, byte for byte.
+			for _, args := range [][]string{{"dlq", "show", "1"}, {"dlq", "list"}} {
+				res := idemAt(t, append(append(args, "--format", "json"), db...)...)
+				require.Equal(t, 0, res.code, res.stderr)
+				uniqueKeys(t, res.stdout)
+				var doc struct {
+					DeadLetter  struct{ Metadata json.RawMessage }   `json:"dead_letter"`
+					DeadLetters []struct{ Metadata json.RawMessage } `json:"dead_letters"`
+				}
+				require.NoError(t, json.Unmarshal([]byte(res.stdout), &doc))
+				raw := doc.DeadLetter.Metadata
+				if len(doc.DeadLetters) > 0 {
+					raw = doc.DeadLetters[0].Metadata
+				}
+				got, err := dlq.DecodeMetadata(raw)
+				require.NoError(t, err, string(raw))
+				require.Equal(t, want, got, args)
+				var compact bytes.Buffer
+				require.NoError(t, json.Compact(&compact, raw))
+				require.Contains(t, compact.String(), `"base64:a/8=":"invalid one"`, "k\\xff, as dlq.EncodeMetadata writes it")
+				require.Contains(t, compact.String(), `"nul-value":{"base64":"YQBi"}`)
+			}
+
+			// Every other format shows ten distinct keys.
+			res := idemAt(t, append([]string{"dlq", "show", "1", "--format", "csv"}, db...)...)
+			require.Equal(t, 0, res.code, res.stderr)
+			rows, err := csv.NewReader(strings.NewReader(res.stdout)).ReadAll()
+			require.NoError(t, err)
+			keys := map[string]bool{}
+			for _, r := range rows {
+				if k, ok := strings.CutPrefix(r[0], "metadata."); ok {
+					keys[k] = true
+				}
+			}
+			require.Len(t, keys, len(hostileMetadata), res.stdout)
+			require.True(t, keys["base64:a/8="], res.stdout)
+
+			res = idemAt(t, append([]string{"dlq", "show", "1", "--format", "markdown"}, db...)...)
+			require.Equal(t, 0, res.code, res.stderr)
+			section := res.stdout[strings.Index(res.stdout, "### Metadata"):strings.Index(res.stdout, "### Payload")]
+			keys = map[string]bool{}
+			for _, l := range strings.Split(section, "\n") {
+				if strings.HasPrefix(l, "| ") && !strings.HasPrefix(l, "| key ") && !strings.HasPrefix(l, "| --- ") {
+					keys[strings.SplitN(l, " | ", 2)[0]] = true
+				}
+			}
+			require.Len(t, keys, len(hostileMetadata), section)
+
+			res = idemAt(t, append([]string{"dlq", "show", "1"}, db...)...)
+			require.Equal(t, 0, res.code, res.stderr)
+			requireInert(t, res.stdout)
+			section = res.stdout[strings.Index(res.stdout, "\nmetadata:\n"):strings.Index(res.stdout, "\npayload")]
+			keys = map[string]bool{}
+			for _, l := range strings.Split(strings.TrimSpace(section), "\n")[1:] {
+				keys[strings.Fields(l)[0]] = true
+			}
+			require.Len(t, keys, len(hostileMetadata), section)
+		})
+	}
 }

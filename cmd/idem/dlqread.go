@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"math"
-	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -84,7 +82,7 @@ type deadLetterJSON struct {
 	DeadLetteredAt time.Time         `json:"dead_lettered_at"`
 	UpdatedAt      time.Time         `json:"updated_at"`
 	AgeSeconds     int64             `json:"age_seconds"`
-	Metadata       map[string]string `json:"metadata"`
+	Metadata       map[string]any    `json:"metadata"` // see metadataJSON
 	History        []failureJSON     `json:"history"`
 	PayloadSize    int               `json:"payload_size"`
 	PayloadFormat  string            `json:"payload_format"`
@@ -139,7 +137,7 @@ func toDeadLetterJSON(rec *dlq.Record, now time.Time, r redactor, showPayload bo
 		FirstFailedAt: rec.FirstFailedAt.UTC(), LastFailedAt: rec.LastFailedAt.UTC(),
 		DeadLetteredAt: rec.DeadLetteredAt.UTC(), UpdatedAt: rec.UpdatedAt.UTC(),
 		AgeSeconds:  seconds(now.Sub(rec.DeadLetteredAt)),
-		Metadata:    r.metadata(rec.Metadata),
+		Metadata:    metadataJSON(r.metadata(rec.Metadata)),
 		History:     []failureJSON{},
 		PayloadSize: len(rec.Payload),
 	}
@@ -437,13 +435,13 @@ func showText(w io.Writer, rec *dlq.Record, audit []dlq.AuditEntry, now time.Tim
 		fmt.Fprintf(w, "  %s  %s\n", timeText(f.At), inert(f.Error))
 	}
 	fmt.Fprintf(w, "\nmetadata:\n")
-	md := r.metadata(rec.Metadata)
+	md := r.shownMetadata(rec.Metadata)
 	if len(md) == 0 {
 		fmt.Fprintln(w, "  -")
 	}
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	for _, k := range slices.Sorted(maps.Keys(md)) {
-		fmt.Fprintf(tw, "  %s\t%s\n", inert(k), inert(md[k]))
+	for _, kv := range md {
+		fmt.Fprintf(tw, "  %s\t%s\n", inert(kv[0]), inert(kv[1]))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -494,10 +492,9 @@ func showMarkdown(w io.Writer, rec *dlq.Record, audit []dlq.AuditEntry, now time
 		return err
 	}
 	fmt.Fprintf(w, "\n### Metadata\n\n")
-	md := r.metadata(rec.Metadata)
 	t = &table{headers: []string{"key", "value"}}
-	for _, k := range slices.Sorted(maps.Keys(md)) {
-		t.add(k, md[k])
+	for _, kv := range r.shownMetadata(rec.Metadata) {
+		t.add(kv[0], kv[1])
 	}
 	if err := t.write(w, formatMarkdown); err != nil {
 		return err
@@ -529,9 +526,8 @@ func showCSV(w io.Writer, rec *dlq.Record, audit []dlq.AuditEntry, now time.Time
 		t.add(fmt.Sprintf("history.%d.at", i), timeText(f.At))
 		t.add(fmt.Sprintf("history.%d.error", i), f.Error)
 	}
-	md := r.metadata(rec.Metadata)
-	for _, k := range slices.Sorted(maps.Keys(md)) {
-		t.add("metadata."+k, md[k])
+	for _, kv := range r.shownMetadata(rec.Metadata) {
+		t.add("metadata."+kv[0], kv[1])
 	}
 	format, shown := r.payload(rec.Payload, false)
 	t.add("payload_size", strconv.Itoa(len(rec.Payload)))

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -259,6 +260,50 @@ func (r redactor) metadata(md map[string]string) map[string]string {
 	return out
 }
 
+// metadataJSON returns md as the JSON output holds it: as dlq.EncodeMetadata stores it,
+// so that dlq.DecodeMetadata reads it back. A key that is not valid UTF-8, holds a NUL
+// or starts with "base64:" is written "base64:<standard base64 of the key>", and such
+// a value {"base64": "…"}: two keys never print alike, as encoding/json alone would
+// print them once invalid bytes become U+FFFD.
+func metadataJSON(md map[string]string) map[string]any {
+	out := map[string]any{}
+	b, err := dlq.EncodeMetadata(md)
+	if err == nil {
+		err = json.Unmarshal(b, &out)
+	}
+	if err != nil { // cannot happen: every string map encodes
+		panic("idem: encode metadata: " + err.Error())
+	}
+	return out
+}
+
+// metadataKey returns the metadata key k as the table, Markdown and CSV formats show
+// it: as the JSON output writes it when dlq.EncodeMetadata encodes it, and also as
+// "base64:…" when inert would have to escape it (control characters), since an escape
+// such as \x1b could not be told apart from a key holding those four characters.
+func metadataKey(k string) string {
+	for enc := range metadataJSON(map[string]string{k: ""}) {
+		if enc != k {
+			return enc
+		}
+	}
+	if inert(k) != k {
+		return "base64:" + base64Std([]byte(k))
+	}
+	return k
+}
+
+// shownMetadata returns the entries of md, sanitized by r, as the table, Markdown and
+// CSV formats show them: keys by metadataKey, sorted.
+func (r redactor) shownMetadata(md map[string]string) [][2]string {
+	var out [][2]string
+	for k, v := range r.metadata(md) {
+		out = append(out, [2]string{metadataKey(k), v})
+	}
+	slices.SortFunc(out, func(a, b [2]string) int { return strings.Compare(a[0], b[0]) })
+	return out
+}
+
 // The payload formats: what a payload is, and how the payload field holds it.
 const (
 	payloadJSON   = "json"   // JSON: the payload, secrets redacted
@@ -269,7 +314,7 @@ const (
 // payloadFormat says what p is.
 func payloadFormat(p []byte) string {
 	switch {
-	case len(p) > 0 && json.Valid(p):
+	case len(p) > 0 && utf8.Valid(p) && json.Valid(p): // json.Valid takes invalid UTF-8
 		return payloadJSON
 	case utf8.Valid(p) && !bytes.ContainsRune(p, 0):
 		return payloadText

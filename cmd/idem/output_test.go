@@ -139,3 +139,37 @@ func TestProgress(t *testing.T) {
 	p.clear()
 	require.Equal(t, "replayed 1\n", b.String(), "off a terminal: the lines only")
 }
+
+func TestPayloadFormat(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		`{"a":1}`:                   payloadJSON,
+		`"text"`:                    payloadJSON,
+		"plain text":                payloadText,
+		"":                          payloadText,
+		"nul\x00":                   payloadBinary,
+		"\xff\xfe":                  payloadBinary,
+		"{\"a\xff\":1,\"a\xfe\":2}": payloadBinary, // JSON to encoding/json, but its keys would print alike
+		"{\"a\":\"\xff\"}":          payloadBinary,
+	} {
+		require.Equal(t, want, payloadFormat([]byte(in)), "%q", in)
+	}
+}
+
+func TestMetadataKey(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"event_id":    "event_id",
+		"ünïcödé":     "ünïcödé",
+		"k\ufffd":     "k\ufffd",
+		"k\xff":       "base64:a/8=",
+		"nul\x00":     "base64:bnVsAA==",
+		"base64:azk=": "base64:YmFzZTY0OmF6az0=",
+		"esc\x1b":     "base64:ZXNjGw==",
+		`esc\x1b`:     `esc\x1b`,
+		"bidi\u202e":  "base64:YmlkaeKArg==",
+		"line\nbreak": "base64:bGluZQpicmVhaw==",
+	} {
+		require.Equal(t, want, metadataKey(in), "%q", in)
+	}
+}
