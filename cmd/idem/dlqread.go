@@ -58,34 +58,34 @@ type showJSON struct {
 }
 
 type deadLetterJSON struct {
-	ID             int64             `json:"id"`
-	Consumer       string            `json:"consumer"`
-	EventID        string            `json:"event_id"`
-	Topic          string            `json:"topic"`
-	Handler        string            `json:"handler"`
-	Status         string            `json:"status"`
-	Reason         string            `json:"reason"`
-	Error          string            `json:"error"`
-	Fingerprint    string            `json:"fingerprint"`
-	Attempts       int               `json:"attempts"`
-	Count          int               `json:"count"`
-	ReplayCount    int               `json:"replay_count"`
-	EventType      string            `json:"event_type"`
-	EventVersion   string            `json:"event_version"`
-	MessageUUID    string            `json:"message_uuid"`
-	CorrelationID  string            `json:"correlation_id"`
-	TraceID        string            `json:"trace_id"`
-	SpanID         string            `json:"span_id"`
-	Host           string            `json:"host"`
-	FirstFailedAt  time.Time         `json:"first_failed_at"`
-	LastFailedAt   time.Time         `json:"last_failed_at"`
-	DeadLetteredAt time.Time         `json:"dead_lettered_at"`
-	UpdatedAt      time.Time         `json:"updated_at"`
-	AgeSeconds     int64             `json:"age_seconds"`
-	Metadata       map[string]any    `json:"metadata"` // see metadataJSON
-	History        []failureJSON     `json:"history"`
-	PayloadSize    int               `json:"payload_size"`
-	PayloadFormat  string            `json:"payload_format"`
+	ID             int64          `json:"id"`
+	Consumer       string         `json:"consumer"`
+	EventID        string         `json:"event_id"`
+	Topic          string         `json:"topic"`
+	Handler        string         `json:"handler"`
+	Status         string         `json:"status"`
+	Reason         string         `json:"reason"`
+	Error          string         `json:"error"`
+	Fingerprint    string         `json:"fingerprint"`
+	Attempts       int            `json:"attempts"`
+	Count          int            `json:"count"`
+	ReplayCount    int            `json:"replay_count"`
+	EventType      string         `json:"event_type"`
+	EventVersion   string         `json:"event_version"`
+	MessageUUID    string         `json:"message_uuid"`
+	CorrelationID  string         `json:"correlation_id"`
+	TraceID        string         `json:"trace_id"`
+	SpanID         string         `json:"span_id"`
+	Host           string         `json:"host"`
+	FirstFailedAt  time.Time      `json:"first_failed_at"`
+	LastFailedAt   time.Time      `json:"last_failed_at"`
+	DeadLetteredAt time.Time      `json:"dead_lettered_at"`
+	UpdatedAt      time.Time      `json:"updated_at"`
+	AgeSeconds     int64          `json:"age_seconds"`
+	Metadata       map[string]any `json:"metadata"` // see metadataJSON
+	History        []failureJSON  `json:"history"`
+	PayloadSize    int            `json:"payload_size"`
+	PayloadFormat  string         `json:"payload_format"`
 	// Payload is null unless --show-payload: JSON or text with secrets redacted, or
 	// base64 for a binary payload.
 	Payload *string `json:"payload"`
