@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -30,8 +31,9 @@ type PublisherConfig struct {
 
 // Publisher decorates a Watermill publisher so that every message it publishes can
 // be followed: it gets a correlation ID, a causation ID when published while handling
-// an event, and the trace context of a producer span. It is a message.Publisher, and
-// it is safe for concurrent use when the publisher it decorates is.
+// an event, a publish time, and the trace context of a producer span. It is a
+// message.Publisher, and it is safe for concurrent use when the publisher it
+// decorates is.
 type Publisher struct {
 	pub    message.Publisher
 	tracer trace.Tracer
@@ -75,7 +77,10 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 //   - metadata correlation_id ([CorrelationIDKey]): the correlation ID of ctx (see
 //     [CorrelationID]), or a new one;
 //   - metadata causation_id ([CausationIDKey]): the ID of the event being handled, when
-//     ctx is a handler's (see [EventKey]).
+//     ctx is a handler's (see [EventKey]);
+//   - metadata published_at ([PublishedAtKey]): now, one time for all of msgs. A
+//     message relayed from the outbox, or forwarded, keeps the stamp it carries: the
+//     time covers its whole way.
 //
 // It then starts one producer span per message, "send <topic>", a child of the span
 // in ctx, or, when ctx has none, of the trace context the message already carries (a
@@ -93,6 +98,7 @@ func (p *Publisher) publish(ctx context.Context, topic string, msgs []*message.M
 		name += " " + topic
 	}
 	spans := make([]trace.Span, len(msgs))
+	var publishedAt string
 	for i, msg := range msgs {
 		mctx := ctx
 		if mctx == nil {
@@ -113,6 +119,12 @@ func (p *Publisher) publish(ctx context.Context, topic string, msgs []*message.M
 			if k, ok := EventKey(mctx); ok {
 				msg.Metadata[CausationIDKey] = k.EventID
 			}
+		}
+		if msg.Metadata[PublishedAtKey] == "" {
+			if publishedAt == "" {
+				publishedAt = formatPublishedAt(time.Now())
+			}
+			msg.Metadata[PublishedAtKey] = publishedAt
 		}
 		parent := mctx
 		if !trace.SpanContextFromContext(mctx).IsValid() {

@@ -3,7 +3,9 @@ package middleware_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -121,6 +123,27 @@ func TestPublisher(t *testing.T) {
 		require.Len(t, spans, 2)
 		send, process := spans[0], spans[1]
 		require.Equal(t, process.SpanContext.SpanID(), send.Parent.SpanID(), "the send span is a child of the consumer span")
+	})
+
+	t.Run("StampsThePublishTimeAndKeepsOne", func(t *testing.T) {
+		t.Parallel()
+		bundle := setup(t)
+		relayed := out()
+		relayed.Metadata.Set(middleware.PublishedAtKey, "2025-03-14T09:26:53.589793238Z") // stamped when written to the outbox
+		unreadable := out()
+		unreadable.Metadata.Set(middleware.PublishedAtKey, "yesterday")
+		before := time.Now()
+		require.NoError(t, bundle.pub.PublishContext(context.Background(), "orders", out(), out(), relayed, unreadable))
+		after := time.Now()
+		msgs := bundle.broker.msgs
+		stamp := msgs[0].Metadata.Get(middleware.PublishedAtKey)
+		at, err := time.Parse(time.RFC3339Nano, stamp)
+		require.NoError(t, err)
+		require.True(t, strings.HasSuffix(stamp, "Z"), "in UTC: %s", stamp)
+		require.False(t, at.Before(before) || at.After(after), "%s is the publish time", stamp)
+		require.Equal(t, stamp, msgs[1].Metadata.Get(middleware.PublishedAtKey), "one time for one publish")
+		require.Equal(t, "2025-03-14T09:26:53.589793238Z", msgs[2].Metadata.Get(middleware.PublishedAtKey), "a relayed message keeps its first stamp")
+		require.Equal(t, "yesterday", msgs[3].Metadata.Get(middleware.PublishedAtKey), "the producer's own stamp is never overwritten")
 	})
 
 	t.Run("PublishErrorEndsTheSpanInError", func(t *testing.T) {

@@ -10,7 +10,8 @@
 // to its destination topic on the real broker, with its UUID, metadata and event ID
 // unchanged. Delivery to the broker is at least once (a relay that crashes after
 // publishing and before acknowledging publishes again); consumers deduplicate by event
-// ID, so the effect is once.
+// ID, so the effect is once. The publish time PublishTx stamps (metadata
+// published_at) travels with the message: it counts the time in the outbox too.
 //
 // # Usage
 //
@@ -39,6 +40,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/idemkit/idem/middleware"
 	"github.com/idemkit/idem/postgres"
 )
 
@@ -71,7 +73,9 @@ var schema = wsql.DefaultPostgreSQLSchema{}
 
 // PublishTx writes msgs, destined for topic, into the outbox inside tx: they reach the
 // broker if and only if tx commits. Commit through tx itself. Each message keeps its
-// UUID and metadata (set the event ID, metadata event_id, before publishing).
+// UUID and metadata (set the event ID, metadata event_id, before publishing), and
+// gets metadata published_at (middleware.PublishedAtKey), the time of the write,
+// unless it carries one already.
 func PublishTx(ctx context.Context, tx pgx.Tx, cfg Config, topic string, msgs ...*message.Message) error {
 	cfg = cfg.withDefaults()
 	if topic == "" {
@@ -79,6 +83,10 @@ func PublishTx(ctx context.Context, tx pgx.Tx, cfg Config, topic string, msgs ..
 	}
 	if len(msgs) == 0 {
 		return nil
+	}
+	now := time.Now()
+	for _, msg := range msgs {
+		middleware.StampPublishedAt(msg, now)
 	}
 	pub, err := wsql.NewPublisher(txExecutor{tx: tx, ctx: ctx}, wsql.PublisherConfig{SchemaAdapter: schema}, cfg.Logger)
 	if err != nil {

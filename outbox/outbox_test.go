@@ -21,6 +21,7 @@ import (
 
 	"github.com/idemkit/idem/consumer"
 	"github.com/idemkit/idem/internal/testdb"
+	"github.com/idemkit/idem/middleware"
 	"github.com/idemkit/idem/outbox"
 	"github.com/idemkit/idem/postgres"
 )
@@ -144,6 +145,53 @@ func TestMessagesKeepTheirUUIDAndMetadata(t *testing.T) {
 		require.Equal(t, string(msg.Payload), string(got.Payload))
 	case <-time.After(20 * time.Second):
 		t.Fatal("nothing relayed")
+	}
+}
+
+// The publish time is stamped when the message is written to the outbox, by PublishTx
+// and by the consumer's Writer, and survives the relay, even through a decorated
+// publisher: the consumer's queue time covers the outbox and the broker.
+func TestPublishTimeIsStampedInTheOutbox(t *testing.T) {
+	t.Parallel()
+	pool, cfg := setup(t)
+	broker := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 10, Persistent: true}, watermill.NopLogger{})
+	t.Cleanup(func() { _ = broker.Close() })
+	msgs, err := broker.Subscribe(context.Background(), "orders")
+	require.NoError(t, err)
+
+	const own = "2025-03-14T09:26:53.589793238Z"
+	stamped := event("evt-own")
+	stamped.Metadata.Set(middleware.PublishedAtKey, own)
+	ctx := context.Background()
+	tx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	before := time.Now()
+	require.NoError(t, outbox.PublishTx(ctx, tx, cfg, "orders", event("evt-tx"), stamped))
+	require.NoError(t, outbox.Writer{Config: cfg}.WriteTx(postgres.ContextWithTx(ctx, tx), "orders", event("evt-writer")))
+	written := time.Now()
+	require.NoError(t, tx.Commit(ctx))
+	time.Sleep(50 * time.Millisecond) // in the outbox a while
+
+	relayed, err := middleware.NewPublisher(broker, middleware.PublisherConfig{})
+	require.NoError(t, err)
+	runRelay(t, pool, relayed, cfg)
+	got := map[string]string{}
+	deadline := time.After(20 * time.Second)
+	for len(got) < 3 {
+		select {
+		case m := <-msgs:
+			m.Ack()
+			got[m.Metadata.Get("event_id")] = m.Metadata.Get(middleware.PublishedAtKey)
+		case <-deadline:
+			t.Fatalf("only %d of 3 relayed: %v", len(got), got)
+		}
+	}
+	require.Equal(t, own, got["evt-own"], "a stamp the producer set is kept")
+	for _, id := range []string{"evt-tx", "evt-writer"} {
+		at, err := time.Parse(time.RFC3339Nano, got[id])
+		require.NoError(t, err, "%s: %q", id, got[id])
+		require.False(t, at.Before(before) || at.After(written),
+			"%s is stamped when written to the outbox (%s), not when relayed: %s", id, before.UTC(), got[id])
 	}
 }
 
