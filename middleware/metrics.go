@@ -19,6 +19,10 @@ import (
 // SQLite claim (well under a millisecond) to a delivery retried for its whole budget.
 var durationBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
 
+// queueBuckets are the histogram boundaries of idem.queue.duration, in seconds: the
+// duration buckets, then on to an hour, for a backlog in the broker or the outbox.
+var queueBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600}
+
 // MetricsConfig configures [Metrics].
 type MetricsConfig struct {
 	// MeterProvider makes the instruments. Defaults to otel.GetMeterProvider().
@@ -38,7 +42,13 @@ type MetricsConfig struct {
 //   - idem.handler.duration: time in the handler, per attempt;
 //   - idem.claim.duration: time claiming the event in the dedup store, per attempt;
 //   - idem.retries: in-process retries;
-//   - idem.dead_letters: dead letters stored, by reason.
+//   - idem.dead_letters: dead letters stored, by reason;
+//   - idem.queue.duration: time from the message's publish stamp (metadata
+//     [PublishedAtKey]) to the delivery entering the stack below, once per delivery.
+//
+// A message without a stamp, with one that is not RFC 3339, or replayed from the
+// dead-letter store records no queue time, and is handled as any other; a stamp
+// ahead of the consumer's clock records 0.
 //
 // docs/observability.md describes each. The per-attempt durations come from [Dedup],
 // the retries from [Retry] and the outcome from [DeadLetter]: place Metrics outside
@@ -81,6 +91,11 @@ func Metrics(cfg MetricsConfig) (message.HandlerMiddleware, error) {
 		metric.WithUnit("{dead_letter}")); err != nil {
 		return nil, fmt.Errorf("middleware: create idem.dead_letters: %w", err)
 	}
+	if m.queue, err = meter.Float64Histogram("idem.queue.duration",
+		metric.WithDescription("Time from a message's publish stamp to a consumer taking it: the outbox, the relay and the broker."),
+		metric.WithUnit("s"), metric.WithExplicitBucketBoundaries(queueBuckets...)); err != nil {
+		return nil, fmt.Errorf("middleware: create idem.queue.duration: %w", err)
+	}
 	return m.middleware, nil
 }
 
@@ -92,6 +107,7 @@ type meters struct {
 	claim       metric.Float64Histogram
 	retries     metric.Int64Counter
 	deadLetters metric.Int64Counter
+	queue       metric.Float64Histogram
 
 	mu   sync.RWMutex
 	sets map[attrKey]*attrSets
@@ -166,15 +182,24 @@ func (m *meters) middleware(h message.HandlerFunc) message.HandlerFunc {
 		d := deliveryOf(msg)
 		d.timed = true
 		start := time.Now()
-		produced, err := h(msg)
-		took := time.Since(start)
-
 		ctx := msg.Context()
 		consumer := d.key.Consumer
 		if !d.keyed {
 			consumer = consumerName(ctx, m.consumer)
 		}
-		s := m.attrs(consumer, message.SubscribeTopicFromCtx(ctx))
+		topic := message.SubscribeTopicFromCtx(ctx)
+		s := m.attrs(consumer, topic)
+		if queued, ok := queueTime(msg, start); ok {
+			m.queue.Record(ctx, queued.Seconds(), s.base.record...)
+		}
+
+		produced, err := h(msg)
+		took := time.Since(start)
+
+		ctx = msg.Context()
+		if d.keyed && d.key.Consumer != consumer {
+			s = m.attrs(d.key.Consumer, topic) // the stack below names the consumer otherwise
+		}
 		outcome := finalOutcome(ctx, d, err)
 		m.messages.Add(ctx, 1, s.outcome[outcome].add...)
 		m.delivery.Record(ctx, took.Seconds(), s.outcome[outcome].record...)

@@ -14,6 +14,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
+	"github.com/idemkit/idem/dlq"
 	"github.com/idemkit/idem/middleware"
 	"github.com/idemkit/idem/retry"
 )
@@ -100,6 +101,25 @@ func (c collected) attributeKeys() map[string]bool {
 		}
 	}
 	return keys
+}
+
+// histogram returns the one data point of histogram name whose attributes include
+// want; ok is false when there is none.
+func (c collected) histogram(t *testing.T, name string, want ...attribute.KeyValue) (dp metricdata.HistogramDataPoint[float64], ok bool) {
+	t.Helper()
+	data, found := c[name]
+	if !found {
+		return dp, false
+	}
+	h, isHistogram := data.(metricdata.Histogram[float64])
+	require.True(t, isHistogram, "%s is a float64 histogram, not %T", name, data)
+	for _, p := range h.DataPoints {
+		if hasAttrs(p.Attributes, want) {
+			require.False(t, ok, "more than one data point of %s has %v", name, want)
+			dp, ok = p, true
+		}
+	}
+	return dp, ok
 }
 
 func hasAttrs(s attribute.Set, want []attribute.KeyValue) bool {
@@ -261,5 +281,96 @@ func TestObserveDeadLetterBacklog(t *testing.T) {
 		var rm metricdata.ResourceMetrics
 		_ = reader.Collect(context.Background(), &rm) // the SDK reports the callback's error
 		require.NotEmpty(t, rm.ScopeMetrics, "the other metrics are still collected")
+	})
+}
+
+func TestQueueDuration(t *testing.T) {
+	t.Parallel()
+
+	orders := attribute.String("consumer", "orders")
+	queued := func(t *testing.T, o *observed) (metricdata.HistogramDataPoint[float64], bool) {
+		t.Helper()
+		return collect(t, o.reader).histogram(t, "idem.queue.duration", orders, attribute.String("topic", ""))
+	}
+
+	t.Run("FromTheStampOncePerDelivery", func(t *testing.T) {
+		t.Parallel()
+		synctest.Test(t, func(t *testing.T) {
+			o := newObserved(t)
+			msg := newMessage("evt-1", "x")
+			middleware.StampPublishedAt(msg, time.Now())
+			time.Sleep(90 * time.Second)
+			h, calls := handlerFailing(errBoom, errBoom) // three attempts, one delivery
+			_, err := o.stack(t, h)(msg)
+			require.NoError(t, err)
+			require.Equal(t, 3, *calls)
+
+			dp, ok := queued(t, o)
+			require.True(t, ok, "a stamped message records its time in the queue")
+			require.Equal(t, uint64(1), dp.Count, "once per delivery, not per attempt")
+			require.InDelta(t, 90, dp.Sum, 1e-9, "up to the delivery entering the stack: the backoff waits are not queue time")
+
+			later := newMessage("evt-2", "x")
+			middleware.StampPublishedAt(later, time.Now().Add(-2500*time.Millisecond))
+			_, err = o.stack(t, h)(later)
+			require.NoError(t, err)
+			dp, _ = queued(t, o)
+			require.Equal(t, uint64(2), dp.Count)
+			lo, _ := dp.Min.Value()
+			hi, _ := dp.Max.Value()
+			require.InDelta(t, 2.5, lo, 1e-9)
+			require.InDelta(t, 90, hi, 1e-9)
+		})
+	})
+
+	t.Run("PublishedThroughThePublisher", func(t *testing.T) {
+		t.Parallel()
+		synctest.Test(t, func(t *testing.T) {
+			o := newObserved(t)
+			broker := &capturePublisher{}
+			pub, err := middleware.NewPublisher(broker, middleware.PublisherConfig{TracerProvider: o.tp})
+			require.NoError(t, err)
+			require.NoError(t, pub.Publish("orders", newMessage("evt-1", "x")))
+			time.Sleep(1500 * time.Millisecond)
+			h, _ := handlerFailing()
+			_, err = o.stack(t, h)(broker.msgs[0])
+			require.NoError(t, err)
+			dp, ok := queued(t, o)
+			require.True(t, ok)
+			require.InDelta(t, 1.5, dp.Sum, 1e-9)
+		})
+	})
+
+	t.Run("NothingWithoutAReadableStamp", func(t *testing.T) {
+		t.Parallel()
+		o := newObserved(t)
+		msgs := []*message.Message{newMessage("evt-1", "x"), newMessage("evt-2", "x"), newMessage("evt-3", "x"), newMessage("evt-4", "x")}
+		msgs[1].Metadata.Set(middleware.PublishedAtKey, "")
+		msgs[2].Metadata.Set(middleware.PublishedAtKey, "last tuesday")
+		middleware.StampPublishedAt(msgs[3], time.Now().Add(-72*time.Hour))
+		msgs[3].Metadata.Set(dlq.ReplayCountKey, "1") // a replayed dead letter keeps its original stamp
+		h, calls := handlerFailing()
+		for _, msg := range msgs {
+			_, err := o.stack(t, h)(msg)
+			require.NoError(t, err)
+		}
+		require.Equal(t, len(msgs), *calls, "every message is handled")
+		c := collect(t, o.reader)
+		require.Equal(t, int64(len(msgs)), c.sum(t, "idem.messages", orders, outcome("processed")))
+		require.Zero(t, c.count(t, "idem.queue.duration"), "no stamp, an unreadable one or a replay: no queue time")
+	})
+
+	t.Run("AStampAheadOfTheClockIsZero", func(t *testing.T) {
+		t.Parallel()
+		o := newObserved(t)
+		msg := newMessage("evt-1", "x")
+		middleware.StampPublishedAt(msg, time.Now().Add(time.Hour))
+		h, _ := handlerFailing()
+		_, err := o.stack(t, h)(msg)
+		require.NoError(t, err)
+		dp, ok := queued(t, o)
+		require.True(t, ok, "the producer's clock is ahead: a wait of 0 is recorded")
+		require.Equal(t, uint64(1), dp.Count)
+		require.Zero(t, dp.Sum)
 	})
 }

@@ -79,8 +79,8 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 //   - metadata causation_id ([CausationIDKey]): the ID of the event being handled, when
 //     ctx is a handler's (see [EventKey]);
 //   - metadata published_at ([PublishedAtKey]): now, one time for all of msgs. A
-//     message relayed from the outbox, or forwarded, keeps the stamp it carries: the
-//     time covers its whole way.
+//     message relayed from the outbox, or forwarded, keeps the stamp it carries, so
+//     that idem.queue.duration covers its whole way.
 //
 // It then starts one producer span per message, "send <topic>", a child of the span
 // in ctx, or, when ctx has none, of the trace context the message already carries (a

@@ -11,7 +11,8 @@
 // unchanged. Delivery to the broker is at least once (a relay that crashes after
 // publishing and before acknowledging publishes again); consumers deduplicate by event
 // ID, so the effect is once. The publish time PublishTx stamps (metadata
-// published_at) travels with the message: it counts the time in the outbox too.
+// published_at) travels with the message, so a consumer's idem.queue.duration counts
+// the time in the outbox too.
 //
 // # Usage
 //
