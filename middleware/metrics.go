@@ -2,6 +2,7 @@ package middleware
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -30,6 +31,10 @@ type MetricsConfig struct {
 	// Consumer names the dedup scope, the consumer attribute. Defaults to the Watermill
 	// handler name.
 	Consumer string
+	// InFlight, when set, tracks the deliveries inside the stack below, for the gauge
+	// idem.delivery.oldest_in_flight_age that [ObserveInFlight] registers. Defaults to
+	// nil: not tracked.
+	InFlight *InFlight
 }
 
 // Metrics measures every delivery through the OpenTelemetry metric API, with
@@ -48,7 +53,8 @@ type MetricsConfig struct {
 //
 // A message without a stamp, with one that is not RFC 3339, or replayed from the
 // dead-letter store records no queue time, and is handled as any other; a stamp
-// ahead of the consumer's clock records 0.
+// ahead of the consumer's clock records 0. With MetricsConfig.InFlight, the deliveries
+// inside the stack below are tracked for the gauge [ObserveInFlight] registers.
 //
 // docs/observability.md describes each. The per-attempt durations come from [Dedup],
 // the retries from [Retry] and the outcome from [DeadLetter]: place Metrics outside
@@ -59,7 +65,10 @@ func Metrics(cfg MetricsConfig) (message.HandlerMiddleware, error) {
 		mp = otel.GetMeterProvider()
 	}
 	meter := mp.Meter(instrumentationScope)
-	m := &meters{consumer: cfg.Consumer, sets: map[attrKey]*attrSets{}}
+	m := &meters{consumer: cfg.Consumer, inFlight: cfg.InFlight, sets: map[attrKey]*attrSets{}}
+	if cfg.InFlight != nil && cfg.Consumer != "" {
+		m.flights = cfg.InFlight.of(cfg.Consumer) // no lookup per delivery, and the gauge shows 0 from now on
+	}
 	var err error
 	if m.messages, err = meter.Int64Counter("idem.messages",
 		metric.WithDescription("Deliveries by how they ended: processed, duplicate, retried, dead-lettered or deferred."),
@@ -108,6 +117,8 @@ type meters struct {
 	retries     metric.Int64Counter
 	deadLetters metric.Int64Counter
 	queue       metric.Float64Histogram
+	inFlight    *InFlight
+	flights     *flights // inFlight's for consumer, when both are configured
 
 	mu   sync.RWMutex
 	sets map[attrKey]*attrSets
@@ -177,6 +188,18 @@ func (s *attrSets) forReason(r dlq.Reason) measureOpts {
 	return o
 }
 
+// flightsOf returns the in-flight deliveries of consumer, or nil when they are not
+// tracked.
+func (m *meters) flightsOf(consumer string) *flights {
+	if m.flights != nil && consumer == m.consumer {
+		return m.flights
+	}
+	if m.inFlight == nil {
+		return nil
+	}
+	return m.inFlight.of(consumer)
+}
+
 func (m *meters) middleware(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
 		d := deliveryOf(msg)
@@ -189,6 +212,10 @@ func (m *meters) middleware(h message.HandlerFunc) message.HandlerFunc {
 		}
 		topic := message.SubscribeTopicFromCtx(ctx)
 		s := m.attrs(consumer, topic)
+		if f := m.flightsOf(consumer); f != nil {
+			slot := f.enter(start)
+			defer f.leave(slot) // a panic leaves too: the gauge never shows a delivery that is gone
+		}
 		if queued, ok := queueTime(msg, start); ok {
 			m.queue.Record(ctx, queued.Seconds(), s.base.record...)
 		}
@@ -271,4 +298,119 @@ func ObserveDeadLetterBacklog(mp metric.MeterProvider, b DeadLetterBacklog) (met
 		o.ObserveFloat64(age, seconds)
 		return nil
 	}, pending, age)
+}
+
+// InFlight tracks the deliveries inside the stacks of the Metrics middleware it is
+// given to (MetricsConfig.InFlight), per consumer, for the gauge
+// idem.delivery.oldest_in_flight_age that [ObserveInFlight] registers. Share one
+// among the handlers of a service. Its zero value is ready to use, and it is safe for
+// concurrent use.
+type InFlight struct {
+	mu        sync.RWMutex
+	consumers map[string]*flights
+}
+
+// of returns the in-flight deliveries of consumer, made on first use.
+func (f *InFlight) of(consumer string) *flights {
+	f.mu.RLock()
+	fl := f.consumers[consumer]
+	f.mu.RUnlock()
+	if fl != nil {
+		return fl
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if fl = f.consumers[consumer]; fl != nil {
+		return fl
+	}
+	if f.consumers == nil {
+		f.consumers = map[string]*flights{}
+	}
+	fl = &flights{attrs: []metric.ObserveOption{
+		metric.WithAttributeSet(attribute.NewSet(attribute.String("consumer", consumer))),
+	}}
+	f.consumers[consumer] = fl
+	return fl
+}
+
+// flights are one consumer's deliveries in flight: each holds a slot with the time it
+// entered, and frees it when it leaves. Entering and leaving are a short critical
+// section without allocation (once the slots have grown to the consumer's
+// concurrency); the oldest is found by a scan of the slots, at collection time.
+type flights struct {
+	attrs []metric.ObserveOption // consumer
+
+	mu    sync.Mutex
+	since []time.Time // when each slot's delivery entered; zero: free
+	free  []int
+}
+
+func (f *flights) enter(now time.Time) int {
+	f.mu.Lock()
+	var i int
+	if n := len(f.free); n > 0 {
+		i = f.free[n-1]
+		f.free = f.free[:n-1]
+	} else {
+		i = len(f.since)
+		f.since = append(f.since, time.Time{})
+	}
+	f.since[i] = now
+	f.mu.Unlock()
+	return i
+}
+
+func (f *flights) leave(i int) {
+	f.mu.Lock()
+	f.since[i] = time.Time{}
+	f.free = append(f.free, i)
+	f.mu.Unlock()
+}
+
+// oldest returns when the oldest delivery in flight entered; ok is false when none is.
+func (f *flights) oldest() (t time.Time, ok bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, s := range f.since {
+		if !s.IsZero() && (t.IsZero() || s.Before(t)) {
+			t = s
+		}
+	}
+	return t, !t.IsZero()
+}
+
+// ObserveInFlight registers the observable gauge idem.delivery.oldest_in_flight_age on
+// mp (nil: otel.GetMeterProvider()), read from f each time the meter provider
+// collects: per consumer (attribute consumer), the seconds the oldest delivery now
+// inside the stack of a Metrics middleware that f tracks (MetricsConfig.InFlight) has
+// been in it, 0 when there is none. A handler that hangs shows as an age that keeps
+// growing. A consumer is observed from the moment a Metrics middleware named for it
+// (MetricsConfig.Consumer) is made, or else from its first delivery. Unregister the
+// returned registration when the handlers go away.
+func ObserveInFlight(mp metric.MeterProvider, f *InFlight) (metric.Registration, error) {
+	if f == nil {
+		return nil, errors.New("middleware: ObserveInFlight needs an InFlight, got nil")
+	}
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	meter := mp.Meter(instrumentationScope)
+	age, err := meter.Float64ObservableGauge("idem.delivery.oldest_in_flight_age",
+		metric.WithDescription("Time the oldest delivery now inside idem's stack has been in it; 0 when none is."),
+		metric.WithUnit("s"))
+	if err != nil {
+		return nil, fmt.Errorf("middleware: create idem.delivery.oldest_in_flight_age: %w", err)
+	}
+	return meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		f.mu.RLock()
+		defer f.mu.RUnlock()
+		for _, fl := range f.consumers {
+			var seconds float64
+			if oldest, ok := fl.oldest(); ok {
+				seconds = max(time.Since(oldest).Seconds(), 0)
+			}
+			o.ObserveFloat64(age, seconds, fl.attrs...)
+		}
+		return nil
+	}, age)
 }

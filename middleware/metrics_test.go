@@ -3,6 +3,7 @@ package middleware_test
 import (
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -120,6 +121,25 @@ func (c collected) histogram(t *testing.T, name string, want ...attribute.KeyVal
 		}
 	}
 	return dp, ok
+}
+
+// gauge returns the value of float64 gauge name in the one data point whose attributes
+// include want; ok is false when there is none.
+func (c collected) gauge(t *testing.T, name string, want ...attribute.KeyValue) (v float64, ok bool) {
+	t.Helper()
+	data, found := c[name]
+	if !found {
+		return 0, false
+	}
+	g, isGauge := data.(metricdata.Gauge[float64])
+	require.True(t, isGauge, "%s is a float64 gauge, not %T", name, data)
+	for _, p := range g.DataPoints {
+		if hasAttrs(p.Attributes, want) {
+			require.False(t, ok, "more than one data point of %s has %v", name, want)
+			v, ok = p.Value, true
+		}
+	}
+	return v, ok
 }
 
 func hasAttrs(s attribute.Set, want []attribute.KeyValue) bool {
@@ -372,5 +392,158 @@ func TestQueueDuration(t *testing.T) {
 		require.True(t, ok, "the producer's clock is ahead: a wait of 0 is recorded")
 		require.Equal(t, uint64(1), dp.Count)
 		require.Zero(t, dp.Sum)
+	})
+}
+
+func TestObserveInFlight(t *testing.T) {
+	t.Parallel()
+
+	const age = "idem.delivery.oldest_in_flight_age"
+	type testBundle struct {
+		reader   *sdkmetric.ManualReader
+		mp       *sdkmetric.MeterProvider
+		inFlight *middleware.InFlight
+		reg      interface{ Unregister() error }
+	}
+	setup := func(t *testing.T) *testBundle {
+		t.Helper()
+		bundle := &testBundle{reader: sdkmetric.NewManualReader(), inFlight: &middleware.InFlight{}}
+		bundle.mp = sdkmetric.NewMeterProvider(sdkmetric.WithReader(bundle.reader))
+		reg, err := middleware.ObserveInFlight(bundle.mp, bundle.inFlight)
+		require.NoError(t, err)
+		bundle.reg = reg
+		return bundle
+	}
+	metrics := func(t *testing.T, bundle *testBundle, consumer string) message.HandlerMiddleware {
+		t.Helper()
+		m, err := middleware.Metrics(middleware.MetricsConfig{MeterProvider: bundle.mp, Consumer: consumer, InFlight: bundle.inFlight})
+		require.NoError(t, err)
+		return m
+	}
+	// blocked delivers a message to h through mw in a goroutine, and returns what lets
+	// the handler return.
+	blocked := func(mw message.HandlerMiddleware) (release func()) {
+		unblock := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_, _ = mw(func(*message.Message) ([]*message.Message, error) {
+				<-unblock
+				return nil, nil
+			})(newMessage("evt-1", "x"))
+		}()
+		return func() {
+			close(unblock)
+			<-done
+		}
+	}
+
+	t.Run("TheOldestBlockedHandlersAge", func(t *testing.T) {
+		t.Parallel()
+		synctest.Test(t, func(t *testing.T) {
+			bundle := setup(t)
+			orders := attribute.String("consumer", "orders")
+			mw := metrics(t, bundle, "orders")
+			v, ok := collect(t, bundle.reader).gauge(t, age, orders)
+			require.True(t, ok, "observed from the moment the consumer's middleware exists")
+			require.Zero(t, v)
+
+			first := blocked(mw)
+			synctest.Wait()
+			time.Sleep(42 * time.Second)
+			v, _ = collect(t, bundle.reader).gauge(t, age, orders)
+			require.InDelta(t, 42, v, 1e-9, "a handler that does not return shows its age")
+
+			second := blocked(mw)
+			synctest.Wait()
+			time.Sleep(8 * time.Second)
+			v, _ = collect(t, bundle.reader).gauge(t, age, orders)
+			require.InDelta(t, 50, v, 1e-9, "the oldest one's")
+
+			first()
+			v, _ = collect(t, bundle.reader).gauge(t, age, orders)
+			require.InDelta(t, 8, v, 1e-9, "the first returned: the second is the oldest")
+
+			second()
+			v, ok = collect(t, bundle.reader).gauge(t, age, orders)
+			require.True(t, ok)
+			require.Zero(t, v, "none in flight: 0")
+
+			require.NoError(t, bundle.reg.Unregister())
+			_, ok = collect(t, bundle.reader).gauge(t, age)
+			require.False(t, ok, "unregistered: not observed any more")
+		})
+	})
+
+	t.Run("PerConsumer", func(t *testing.T) {
+		t.Parallel()
+		synctest.Test(t, func(t *testing.T) {
+			bundle := setup(t)
+			release := blocked(metrics(t, bundle, "billing"))
+			_ = metrics(t, bundle, "shipping")
+			unnamed := metrics(t, bundle, "")
+			synctest.Wait()
+			time.Sleep(time.Minute)
+			c := collect(t, bundle.reader)
+			v, _ := c.gauge(t, age, attribute.String("consumer", "billing"))
+			require.InDelta(t, 60, v, 1e-9)
+			v, ok := c.gauge(t, age, attribute.String("consumer", "shipping"))
+			require.True(t, ok)
+			require.Zero(t, v)
+			_, ok = c.gauge(t, age, attribute.String("consumer", "default"))
+			require.False(t, ok, "a middleware named by the handler shows once a delivery names it")
+			_, err := unnamed(func(*message.Message) ([]*message.Message, error) { return nil, nil })(newMessage("evt-2", "x"))
+			require.NoError(t, err)
+			v, ok = collect(t, bundle.reader).gauge(t, age, attribute.String("consumer", "default"))
+			require.True(t, ok)
+			require.Zero(t, v)
+			release()
+			g, ok := collect(t, bundle.reader)[age].(metricdata.Gauge[float64])
+			require.True(t, ok)
+			require.Len(t, g.DataPoints, 3)
+			for _, dp := range g.DataPoints {
+				require.Equal(t, 1, dp.Attributes.Len(), "the consumer, nothing else: %v", dp.Attributes.ToSlice())
+			}
+		})
+	})
+
+	t.Run("APanicLeavesToo", func(t *testing.T) {
+		t.Parallel()
+		bundle := setup(t)
+		mw := metrics(t, bundle, "orders")
+		require.Panics(t, func() {
+			_, _ = mw(func(*message.Message) ([]*message.Message, error) { panic("in a middleware below") })(newMessage("evt-1", "x"))
+		})
+		v, _ := collect(t, bundle.reader).gauge(t, age, attribute.String("consumer", "orders"))
+		require.Zero(t, v, "a delivery that is gone is not in flight")
+	})
+
+	t.Run("ConcurrentDeliveries", func(t *testing.T) {
+		t.Parallel()
+		bundle := setup(t)
+		h := metrics(t, bundle, "orders")(func(*message.Message) ([]*message.Message, error) { return nil, nil })
+		var wg sync.WaitGroup
+		for range 16 {
+			wg.Go(func() {
+				for range 200 {
+					_, _ = h(newMessage("evt-1", "x"))
+				}
+			})
+		}
+		wg.Go(func() {
+			for range 20 {
+				collect(t, bundle.reader)
+			}
+		})
+		wg.Wait()
+		v, ok := collect(t, bundle.reader).gauge(t, age, attribute.String("consumer", "orders"))
+		require.True(t, ok)
+		require.Zero(t, v, "every delivery left")
+	})
+
+	t.Run("NilInFlightIsAConfigError", func(t *testing.T) {
+		t.Parallel()
+		_, err := middleware.ObserveInFlight(nil, nil)
+		require.ErrorContains(t, err, "needs an InFlight")
 	})
 }
