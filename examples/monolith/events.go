@@ -4,14 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
-	"strings"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/idemkit/idem/consumer"
 	"github.com/idemkit/idem/dedup"
 	"github.com/idemkit/idem/middleware"
-	"github.com/idemkit/idem/retry"
 )
 
 // The events. Events are named in the past tense: something that happened, announced
@@ -33,7 +32,10 @@ type PaymentCaptured struct {
 
 // orderPlacedV2 is what the next release of orders publishes: the total became an
 // amount with a currency. Decoded as version 1 it would not fail: unknown fields are
-// ignored, and the order would be paid with a total of 0. Hence the version check.
+// ignored, and the order would be paid with a total of 0. Hence the version dispatch
+// (readsOnly). Consumers learn a version before producers publish it: their next build
+// registers version 2, with an upcaster from version 1 (consumer.Upcast). Here orders
+// went first, half-way through a rolling deploy.
 type orderPlacedV2 struct {
 	OrderID  string `json:"order_id"`
 	Customer string `json:"customer"`
@@ -43,10 +45,10 @@ type orderPlacedV2 struct {
 	} `json:"total"`
 }
 
-// schema names an event type and the major version of its payload.
+// schema names an event type and a version of its payload.
 type schema struct {
-	Type  string
-	Major int
+	Type    string
+	Version int
 }
 
 var (
@@ -54,20 +56,17 @@ var (
 	paymentCapturedV1 = schema{"PaymentCaptured", 1}
 )
 
-// check refuses a message of another event type or another major version with a
-// permanent error: no retry makes this build understand it, so idem dead-letters it on
-// its first failure and keeps it, byte for byte, to be replayed once consumers that
-// know it are deployed. Minor versions ("1.3") only add fields, which decoding ignores.
-func (s schema) check(md message.Metadata) error {
-	if t := md.Get(middleware.EventTypeKey); t != s.Type {
-		return retry.Permanent(fmt.Errorf("event_type %q: this handler reads %s", t, s.Type))
-	}
-	v := md.Get(middleware.EventVersionKey)
-	major, _, _ := strings.Cut(v, ".")
-	if n, err := strconv.Atoi(major); err != nil || n != s.Major || major != strconv.Itoa(n) {
-		return retry.Permanent(fmt.Errorf("%s event_version %q: this handler knows version %d only", s.Type, v, s.Major))
-	}
-	return nil
+// readsOnly is the version dispatch (consumer.Versioned) of a consumer that reads
+// version s of one event type with h. idem refuses a message of another event type or
+// another version with a permanent error: no retry makes this build understand it, so
+// it is dead-lettered on its first failure and kept, byte for byte, to be replayed
+// once consumers that know it are deployed; it is never misread. A minor version
+// ("1.3") only adds fields, which decoding ignores: it counts as its major version.
+// Every producer here sets event_version from day one, so a message without one is
+// refused as well (DefaultVersion -1), instead of being taken for version 1.
+func readsOnly(s schema, h consumer.EventHandler) consumer.VersionedConfig {
+	h.Type, h.Version = s.Type, s.Version
+	return consumer.VersionedConfig{Events: []consumer.EventHandler{h}, DefaultVersion: -1}
 }
 
 // newEvent returns a message carrying payload as JSON, with its event ID, type and
@@ -80,7 +79,7 @@ func newEvent(s schema, eventID string, payload any) (*message.Message, error) {
 	msg := message.NewMessage(watermill.NewUUID(), body)
 	msg.Metadata.Set(dedup.MetadataKey, eventID)
 	msg.Metadata.Set(middleware.EventTypeKey, s.Type)
-	msg.Metadata.Set(middleware.EventVersionKey, strconv.Itoa(s.Major))
+	msg.Metadata.Set(middleware.EventVersionKey, strconv.Itoa(s.Version))
 	return msg, nil
 }
 

@@ -24,16 +24,14 @@ type Tx interface {
 	Exec(ctx context.Context, query string, args ...any) error
 }
 
-// on adapts a module's typed handler to Watermill: it refuses an event type or major
-// version it does not know (permanent), decodes the payload (consumer.Decode: a
-// payload that does not decode is permanent too), and runs fn with the attempt's
-// transaction. Register it through a consumer.Consumer, which provides that
-// transaction.
-func on[T any](st *storage, s schema, fn func(ctx context.Context, tx Tx, event T) ([]*message.Message, error)) message.HandlerFunc {
+// on adapts a module's typed handler to Watermill, as postgres.Handler and
+// sqlite.Handler do for one store each: it decodes the payload (consumer.Decode: a
+// payload that does not decode is permanent), and runs fn with the attempt's
+// transaction. It handles one version of one event type: put it behind idem's version
+// dispatch (see readsOnly), and register that through a consumer.Consumer, which
+// provides the transaction.
+func on[T any](st *storage, fn func(ctx context.Context, tx Tx, event T) ([]*message.Message, error)) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
-		if err := s.check(msg.Metadata); err != nil {
-			return nil, err
-		}
 		event, err := consumer.Decode[T](msg.Payload)
 		if err != nil {
 			return nil, err
@@ -48,8 +46,8 @@ func on[T any](st *storage, s schema, fn func(ctx context.Context, tx Tx, event 
 }
 
 // onEach is [on] for a handler that produces no messages.
-func onEach[T any](st *storage, s schema, fn func(ctx context.Context, tx Tx, event T) error) message.NoPublishHandlerFunc {
-	h := on(st, s, func(ctx context.Context, tx Tx, event T) ([]*message.Message, error) {
+func onEach[T any](st *storage, fn func(ctx context.Context, tx Tx, event T) error) message.NoPublishHandlerFunc {
+	h := on(st, func(ctx context.Context, tx Tx, event T) ([]*message.Message, error) {
 		return nil, fn(ctx, tx, event)
 	})
 	return func(msg *message.Message) error {
@@ -57,8 +55,6 @@ func onEach[T any](st *storage, s schema, fn func(ctx context.Context, tx Tx, ev
 		return err
 	}
 }
-
-// ---- The modules ----
 
 // moduleTables are the modules' own tables, beside idem's in the same database: that is
 // what lets one transaction hold a handler's writes and the event's claim. No UNIQUE
@@ -88,8 +84,8 @@ type order struct {
 
 // Place stores o and announces it. The event is published only after the order's
 // transaction committed (publish-after-commit), so no consumer ever hears of an order
-// that rolled back. Known gap, until the outbox exists: a crash between the COMMIT and
-// the publish loses the event. The outbox will write it in the same transaction.
+// that rolled back. Known gap, kept to show it: a crash between the COMMIT and the
+// publish loses the event. outbox.PublishTx would write it in the same transaction.
 func (m *orders) Place(ctx context.Context, o order) error {
 	if err := m.insert(ctx, o); err != nil {
 		return err
@@ -141,13 +137,12 @@ func (m *orders) publish(msg *message.Message) error {
 }
 
 // capturePayment is the payments module's handler of OrderPlaced. It records the
-// payment and announces it; the router publishes PaymentCaptured once the handler
-// returned, outside the event's transaction (until the outbox exists).
+// payment and announces it: idem publishes the PaymentCaptured it returns inside the
+// attempt, before the COMMIT of the payment and the event's claim.
 //
-// The event ID is derived from what happened (this order's payment), never random: on
-// watermill-sql the router publishes before the subscriber's transaction, which holds
-// the claim, commits. Should that commit fail, payments runs again and publishes again,
-// and the same ID makes the copy a duplicate for shipping.
+// The event ID is derived from what happened (this order's payment), never random:
+// should that COMMIT fail after the publish, payments runs again on the redelivery and
+// publishes again, and the same ID makes the copy a duplicate for shipping.
 func capturePayment(ctx context.Context, tx Tx, e OrderPlaced) ([]*message.Message, error) {
 	if err := tx.Exec(ctx, "INSERT INTO payments (order_id, amount_cents) VALUES ($1, $2)", e.OrderID, e.TotalCents); err != nil {
 		return nil, err
@@ -170,4 +165,25 @@ func queueConfirmation(ctx context.Context, tx Tx, e OrderPlaced) error {
 // scheduleShipment is the shipping module's handler of PaymentCaptured.
 func scheduleShipment(ctx context.Context, tx Tx, e PaymentCaptured) error {
 	return tx.Exec(ctx, "INSERT INTO shipments (order_id) VALUES ($1)", e.OrderID)
+}
+
+// handlers are the consumers' handlers, each behind idem's version dispatch: today's
+// build of every module knows version 1 of the event it reads.
+type handlers struct {
+	payments                message.HandlerFunc
+	notifications, shipping message.NoPublishHandlerFunc
+}
+
+// newHandlers puts each module's typed handler behind the dispatch of the one event
+// version it reads.
+func newHandlers(st *storage) (*handlers, error) {
+	var h handlers
+	var errs [3]error
+	h.payments, errs[0] = consumer.Versioned(readsOnly(orderPlacedV1, consumer.EventHandler{ProducingHandler: on(st, capturePayment)}))
+	h.notifications, errs[1] = consumer.VersionedConsumer(readsOnly(orderPlacedV1, consumer.EventHandler{Handler: onEach(st, queueConfirmation)}))
+	h.shipping, errs[2] = consumer.VersionedConsumer(readsOnly(paymentCapturedV1, consumer.EventHandler{Handler: onEach(st, scheduleShipment)}))
+	if err := errors.Join(errs[:]...); err != nil {
+		return nil, err
+	}
+	return &h, nil
 }

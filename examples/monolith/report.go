@@ -134,7 +134,7 @@ func (r *report) print(w io.Writer, opts options, b *bus, st *storage, took time
 	p.line("  bus:    %s", b.describe)
 	p.line("  store:  %s", st.describe)
 	p.line("  gap:    no outbox yet: orders publishes after its COMMIT, so a crash in between loses")
-	p.line("          the event; the transactional outbox (planned) will close this gap")
+	p.line("          the event; outbox.PublishTx, in the same transaction, closes this gap")
 	p.line("")
 	p.line("orders placed %d orders and published %d OrderPlaced:", r.orders, r.published)
 	p.line("  %s … %s  version 1, each published after its transaction committed", orderID(firstOrder), orderID(firstOrder+ordersPlaced-1))
