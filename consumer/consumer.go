@@ -66,6 +66,13 @@ type Config struct {
 	// (the attempt count, the dead letter); they run detached from the delivery's
 	// cancellation. Defaults to middleware.DefaultBookkeepingTimeout.
 	BookkeepingTimeout time.Duration
+	// SkipPayloadHash turns off keeping the SHA-256 of each processed event's payload
+	// with its claim. By default it is kept, and a duplicate whose payload differs (a
+	// producer that reused an event ID for other content) is skipped all the same but
+	// logged at warning level, with IDs and hashes only, counted
+	// (idem.duplicates.conflicting) and marked on its span. It costs a hash of the
+	// payload and 32 bytes per processed row. Defaults to false.
+	SkipPayloadHash bool
 	// CrashGuard, when above 0, is how many deliveries of one event may start and
 	// never finish (the process crashed, was killed, or hung) before the event is
 	// dead-lettered as crash-looped without running the handler again. It costs one
@@ -293,13 +300,14 @@ func (c *Consumer) wrap(name string, h message.HandlerFunc, produce func(context
 		Logger:         cfg.Logger,
 	})
 	dedupe, _ := middleware.Dedup(middleware.DedupConfig{
-		Store:    cfg.Store,
-		Consumer: name,
-		KeyFunc:  cfg.KeyFunc,
-		Classify: cfg.Retry.Class,
-		Timeout:  cfg.BookkeepingTimeout,
-		Produce:  produce,
-		Logger:   cfg.Logger,
+		Store:           cfg.Store,
+		Consumer:        name,
+		KeyFunc:         cfg.KeyFunc,
+		Classify:        cfg.Retry.Class,
+		Timeout:         cfg.BookkeepingTimeout,
+		Produce:         produce,
+		SkipPayloadHash: cfg.SkipPayloadHash,
+		Logger:          cfg.Logger,
 	})
 	tracing, _ := middleware.Trace(middleware.TraceConfig{
 		TracerProvider: cfg.TracerProvider,

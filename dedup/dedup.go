@@ -46,6 +46,11 @@ type Store interface {
 	// commit) with the store's name. A commit whose outcome is unknown is reported
 	// as an error: the caller must treat the event as not processed and let a later
 	// delivery find out.
+	//
+	// When ctx carries a payload hash ([WithPayloadHash]), a store that keeps hashes
+	// stores it with the claim, and reports a duplicate whose hash differs from the
+	// kept one by returning claimed == false with a [*ConflictingDuplicateError]; the
+	// duplicate is skipped all the same. A store that keeps no hashes ignores it.
 	Run(ctx context.Context, key Key, fn func(ctx context.Context) error) (claimed bool, err error)
 
 	// RecordFailure counts one failed attempt of key in its own short transaction,

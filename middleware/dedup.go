@@ -3,6 +3,7 @@ package middleware
 import (
 	"cmp"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -44,6 +45,13 @@ type DedupConfig struct {
 	// event's (dedup.ProducedEventID), the same on every attempt. Defaults to nil: the
 	// messages are returned to the router, which publishes them after the commit.
 	Produce func(ctx context.Context, msgs []*message.Message) error
+	// SkipPayloadHash turns off keeping the SHA-256 of each processed event's
+	// payload. By default the store keeps it with the claim (stores that support it:
+	// both of idem's), and a duplicate whose payload differs — a producer that reused
+	// an event ID for other content — is skipped all the same, but logged at warning
+	// level (IDs and hashes only) and counted by Metrics as a conflicting duplicate.
+	// Defaults to false.
+	SkipPayloadHash bool
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -79,10 +87,14 @@ func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
 			}
 			d.recorded = true
 			ctx := msg.Context()
+			runCtx := ctx
+			if !cfg.SkipPayloadHash {
+				runCtx = dedup.WithPayloadHash(ctx, dedup.HashPayload(msg.Payload))
+			}
 			var produced []*message.Message
 			var timing attemptTiming
 			start := time.Now()
-			claimed, err := cfg.Store.Run(ctx, d.key, func(txCtx context.Context) error {
+			claimed, err := cfg.Store.Run(runCtx, d.key, func(txCtx context.Context) error {
 				handlerStart := time.Now()
 				timing.claim, timing.ran = handlerStart.Sub(start), true
 				msg.SetContext(txCtx)
@@ -102,6 +114,13 @@ func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
 			})
 			if !timing.ran {
 				timing.claim = time.Since(start)
+			}
+			var conflict *dedup.ConflictingDuplicateError
+			if !claimed && errors.As(err, &conflict) {
+				d.conflict, err = true, nil
+				logger.LogAttrs(ctx, slog.LevelWarn, "idem: conflicting duplicate skipped: the event ID was processed with a different payload",
+					append(logAttrs(msg, d), slog.String("payload_sha256", hex.EncodeToString(conflict.Got)),
+						slog.String("processed_payload_sha256", hex.EncodeToString(conflict.Kept)))...)
 			}
 			switch {
 			case !timing.ran && err == nil:

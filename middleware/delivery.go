@@ -30,6 +30,9 @@ type delivery struct {
 	// attempt is the 1-based attempt within this delivery.
 	attempt int
 	outcome dedup.Outcome
+	// conflict says the delivery was a duplicate whose payload differs from the
+	// processed event's (Dedup).
+	conflict bool
 
 	// What Trace and Metrics report once the delivery ends. failed lists the failed
 	// attempts, oldest first (Retry); retries counts the in-process retries (Retry);

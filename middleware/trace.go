@@ -37,6 +37,7 @@ const (
 	attrConsumer          = "idem.consumer"
 	attrEventID           = "idem.event_id"
 	attrReplayCount       = "idem.replay_count"
+	attrConflict          = "idem.conflicting_duplicate"
 	attrDeadLetterID      = "idem.dead_letter.id"
 	attrDeadLetterReason  = "idem.dead_letter.reason"
 	attrDeadLetterPrint   = "idem.dead_letter.fingerprint"
@@ -239,6 +240,9 @@ func (t *tracer) finish(span trace.Span, msg *message.Message, d *delivery, err 
 	}
 	if d.failures > 0 {
 		attrs = append(attrs, attribute.Int(attrFailedAttempts, d.failures))
+	}
+	if d.conflict {
+		attrs = append(attrs, attribute.Bool(attrConflict, true))
 	}
 	if l := d.letter; l != nil && outcome == dedup.DeadLettered {
 		attrs = append(attrs, attribute.String(attrDeadLetterReason, string(l.Reason)),

@@ -22,7 +22,8 @@ func TestDedupConformance(t *testing.T) {
 			t.Fatal(err)
 		}
 		return deduptest.Harness{
-			Store: store,
+			PayloadHashes: true,
+			Store:         store,
 			Effect: func(ctx context.Context, id string) error {
 				tx, ok := postgres.TxFromContext(ctx)
 				if !ok {

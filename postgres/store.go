@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -76,7 +77,7 @@ var (
 )
 
 type queries struct {
-	claim, recordFailure, putDeadLetter, startAttempt, finishAttempt string
+	claim, keptHash, recordFailure, putDeadLetter, startAttempt, finishAttempt string
 }
 
 // New returns a Store on pool. It runs no SQL: create the schema first with [Migrate]
@@ -96,7 +97,8 @@ func New(pool *pgxpool.Pool, cfg Config) (*Store, error) {
 
 func buildQueries(q string) queries {
 	return queries{
-		claim: `INSERT INTO ` + q + `.processed (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
+		claim:    `INSERT INTO ` + q + `.processed (consumer, event_id, payload_hash) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
+		keptHash: `SELECT payload_hash FROM ` + q + `.processed WHERE consumer = $1 AND event_id = $2`,
 		recordFailure: `INSERT INTO ` + q + `.attempts AS a
     (consumer, event_id, attempts, first_failure_at, last_failure_at, last_error, errors)
 VALUES ($1, $2, 1, now(), now(), $3, jsonb_build_array(jsonb_build_object('at', now(), 'error', $3::text)))
@@ -187,9 +189,10 @@ func (s *Store) Run(ctx context.Context, key dedup.Key, fn func(ctx context.Cont
 	if outer, ok := s.subscriberTx(ctx); ok {
 		return s.runInSavepoint(ctx, outer, key, fn)
 	}
+	hash := dedup.PayloadHash(ctx)
 	b := &pgx.Batch{}
 	b.BeginTx(pgx.TxOptions{})
-	b.Queue(s.sql.claim, key.Consumer, key.EventID)
+	b.Queue(s.sql.claim, key.Consumer, key.EventID, hash)
 	br := s.pool.SendBatch(ctx, b)
 	tx := br.Tx()
 	_, beginErr := br.Exec()
@@ -199,8 +202,9 @@ func (s *Store) Run(ctx context.Context, key dedup.Key, fn func(ctx context.Cont
 		return false, &storeError{Op: "claim " + key.String(), Err: err}
 	}
 	if tag.RowsAffected() == 0 {
+		err := s.checkConflict(ctx, tx, key, hash)
 		rollback(ctx, tx)
-		return false, nil
+		return false, err
 	}
 	if err := fn(ContextWithTx(ctx, tx)); err != nil {
 		rollback(ctx, tx)
@@ -212,12 +216,31 @@ func (s *Store) Run(ctx context.Context, key dedup.Key, fn func(ctx context.Cont
 	return true, nil
 }
 
+// checkConflict compares the payload hash of a duplicate with the one kept for the
+// processed event, reading it in tx, and reports a difference as a
+// *dedup.ConflictingDuplicateError. It reads nothing when the duplicate has no hash; a
+// failed read leaves the duplicate a plain one.
+func (s *Store) checkConflict(ctx context.Context, tx pgx.Tx, key dedup.Key, hash []byte) error {
+	if hash == nil {
+		return nil
+	}
+	var kept []byte
+	if err := tx.QueryRow(ctx, s.sql.keptHash, key.Consumer, key.EventID).Scan(&kept); err != nil {
+		return nil // the duplicate stands a plain one: only the comparison failed
+	}
+	if kept != nil && !bytes.Equal(kept, hash) {
+		return &dedup.ConflictingDuplicateError{Key: key, Kept: kept, Got: hash}
+	}
+	return nil
+}
+
 const savepoint = "idem_claim"
 
 func (s *Store) runInSavepoint(ctx context.Context, outer pgx.Tx, key dedup.Key, fn func(ctx context.Context) error) (bool, error) {
+	hash := dedup.PayloadHash(ctx)
 	b := &pgx.Batch{}
 	b.Queue("SAVEPOINT " + savepoint)
-	b.Queue(s.sql.claim, key.Consumer, key.EventID)
+	b.Queue(s.sql.claim, key.Consumer, key.EventID, hash)
 	br := outer.SendBatch(ctx, b)
 	_, spErr := br.Exec()
 	tag, claimErr := br.Exec()
@@ -228,7 +251,7 @@ func (s *Store) runInSavepoint(ctx context.Context, outer pgx.Tx, key dedup.Key,
 		return false, &storeError{Op: "claim " + key.String() + " in the subscriber's transaction", Err: err}
 	}
 	if tag.RowsAffected() == 0 {
-		return false, nil
+		return false, s.checkConflict(ctx, outer, key, hash)
 	}
 	if err := fn(ContextWithTx(ctx, outer)); err != nil {
 		rollbackTo(ctx, outer)

@@ -30,7 +30,8 @@ func TestDedupConformance(t *testing.T) {
 		_, err := db.Exec("CREATE TABLE effects (id TEXT NOT NULL)")
 		require.NoError(t, err)
 		return deduptest.Harness{
-			Store: store,
+			PayloadHashes: true,
+			Store:         store,
 			Effect: func(ctx context.Context, id string) error {
 				tx, ok := sqlite.TxFromContext(ctx)
 				if !ok {

@@ -1,6 +1,7 @@
 package sqlite
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"database/sql"
@@ -167,12 +168,13 @@ func (s *Store) init(ctx context.Context) error {
 }
 
 type queries struct {
-	claim, recordFailure, putDeadLetter string
+	claim, keptHash, recordFailure, putDeadLetter string
 }
 
 func buildQueries() queries {
 	return queries{
-		claim: `INSERT INTO processed (consumer, event_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING`,
+		claim:    `INSERT INTO processed (consumer, event_id, payload_hash) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING`,
+		keptHash: `SELECT payload_hash FROM processed WHERE consumer = ?1 AND event_id = ?2`,
 		// The errors history is newest first, cut to ?4 entries.
 		recordFailure: `INSERT INTO attempts AS a
     (consumer, event_id, attempts, first_failure_at, last_failure_at, last_error, errors)
@@ -331,7 +333,8 @@ func (s *Store) Run(ctx context.Context, key dedup.Key, fn func(ctx context.Cont
 	if err != nil {
 		return false, &storeError{Op: "begin " + key.String(), Err: err}
 	}
-	res, err := tx.ExecContext(ctx, s.sql.claim, key.Consumer, key.EventID)
+	hash := dedup.PayloadHash(ctx)
+	res, err := tx.ExecContext(ctx, s.sql.claim, key.Consumer, key.EventID, hash)
 	var n int64
 	if err == nil {
 		n, err = res.RowsAffected()
@@ -341,8 +344,9 @@ func (s *Store) Run(ctx context.Context, key dedup.Key, fn func(ctx context.Cont
 		return false, &storeError{Op: "claim " + key.String(), Err: err}
 	}
 	if n == 0 {
+		err := s.checkConflict(ctx, tx, key, hash)
 		_ = tx.Rollback()
-		return false, nil
+		return false, err
 	}
 	if err := fn(ContextWithTx(ctx, tx)); err != nil {
 		_ = tx.Rollback() // a failed rollback discards the connection; nothing was committed
@@ -352,6 +356,24 @@ func (s *Store) Run(ctx context.Context, key dedup.Key, fn func(ctx context.Cont
 		return true, &storeError{Op: "commit " + key.String(), Err: err}
 	}
 	return true, nil
+}
+
+// checkConflict compares the payload hash of a duplicate with the one kept for the
+// processed event and reports a difference as a *dedup.ConflictingDuplicateError. It
+// reads nothing when the duplicate has no hash; a failed read leaves the duplicate a
+// plain one.
+func (s *Store) checkConflict(ctx context.Context, tx *sql.Tx, key dedup.Key, hash []byte) error {
+	if hash == nil {
+		return nil
+	}
+	var kept []byte
+	if err := tx.QueryRowContext(ctx, s.sql.keptHash, key.Consumer, key.EventID).Scan(&kept); err != nil {
+		return nil
+	}
+	if kept != nil && !bytes.Equal(kept, hash) {
+		return &dedup.ConflictingDuplicateError{Key: key, Kept: kept, Got: hash}
+	}
+	return nil
 }
 
 // RecordFailure counts one failed attempt of key; see dedup.Store. It runs as a single

@@ -29,6 +29,10 @@ type Harness struct {
 	Effect func(ctx context.Context, id string) error
 	// Effects counts the committed effect rows identified by id.
 	Effects func(ctx context.Context, id string) (int, error)
+	// PayloadHashes says the store keeps payload hashes (dedup.WithPayloadHash): the
+	// suite then checks that it reports conflicting duplicates. A store that keeps
+	// none is checked only to ignore them.
+	PayloadHashes bool
 }
 
 // Run runs the conformance suite. newHarness is called once per subtest.
@@ -238,6 +242,45 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		n, err = sr.StartAttempt(ctx, key)
 		require.NoError(t, err)
 		require.Zero(t, n, "a processed event is never counted as crashing")
+	})
+
+	t.Run("ConflictingDuplicates", func(t *testing.T) {
+		t.Parallel()
+		h := newHarness(t)
+		noop := func(context.Context) error { return nil }
+		first, other := dedup.HashPayload([]byte("first")), dedup.HashPayload([]byte("other"))
+		key := dedup.Key{Consumer: "c", EventID: "e1"}
+		claimed, err := h.Store.Run(dedup.WithPayloadHash(ctx, first), key, noop)
+		require.NoError(t, err)
+		require.True(t, claimed)
+
+		claimed, err = h.Store.Run(dedup.WithPayloadHash(ctx, first), key, noop)
+		require.NoError(t, err, "a duplicate with the same payload is no conflict")
+		require.False(t, claimed)
+		claimed, err = h.Store.Run(ctx, key, noop)
+		require.NoError(t, err, "a duplicate without a hash is no conflict")
+		require.False(t, claimed)
+
+		claimed, err = h.Store.Run(dedup.WithPayloadHash(ctx, other), key, noop)
+		require.False(t, claimed, "a conflicting duplicate is skipped all the same")
+		if !h.PayloadHashes {
+			require.NoError(t, err)
+			return
+		}
+		var conflict *dedup.ConflictingDuplicateError
+		require.ErrorAs(t, err, &conflict)
+		require.ErrorIs(t, err, dedup.ErrConflictingDuplicate)
+		require.Equal(t, key, conflict.Key)
+		require.Equal(t, first, conflict.Kept)
+		require.Equal(t, other, conflict.Got)
+
+		// An event claimed without a hash has none to conflict with.
+		bare := dedup.Key{Consumer: "c", EventID: "e2"}
+		_, err = h.Store.Run(ctx, bare, noop)
+		require.NoError(t, err)
+		claimed, err = h.Store.Run(dedup.WithPayloadHash(ctx, other), bare, noop)
+		require.NoError(t, err)
+		require.False(t, claimed)
 	})
 
 	t.Run("LongAndUnicodeIDs", func(t *testing.T) {

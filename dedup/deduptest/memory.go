@@ -1,6 +1,7 @@
 package deduptest
 
 import (
+	"bytes"
 	"context"
 	"sync"
 
@@ -12,7 +13,7 @@ import (
 // safe for concurrent use, and it passes [Run].
 type MemoryStore struct {
 	mu        sync.Mutex
-	claimed   map[dedup.Key]bool
+	claimed   map[dedup.Key][]byte // the payload hash kept, or nil
 	inflight  map[dedup.Key]*sync.Mutex
 	failures  map[dedup.Key]int
 	lastCause map[dedup.Key]string
@@ -21,7 +22,7 @@ type MemoryStore struct {
 // NewMemoryStore returns an empty MemoryStore.
 func NewMemoryStore() *MemoryStore {
 	return &MemoryStore{
-		claimed:   map[dedup.Key]bool{},
+		claimed:   map[dedup.Key][]byte{},
 		inflight:  map[dedup.Key]*sync.Mutex{},
 		failures:  map[dedup.Key]int{},
 		lastCause: map[dedup.Key]string{},
@@ -48,7 +49,8 @@ func TxFromContext(ctx context.Context) (*Tx, bool) {
 }
 
 // Run implements dedup.Store. Attempts on the same key run one at a time, as a unique
-// index makes them in a database.
+// index makes them in a database. It keeps payload hashes and reports conflicting
+// duplicates.
 func (s *MemoryStore) Run(ctx context.Context, key dedup.Key, fn func(ctx context.Context) error) (bool, error) {
 	if err := ctx.Err(); err != nil {
 		return false, err
@@ -64,9 +66,13 @@ func (s *MemoryStore) Run(ctx context.Context, key dedup.Key, fn func(ctx contex
 	lock.Lock()
 	defer lock.Unlock()
 	s.mu.Lock()
-	done := s.claimed[key]
+	kept, done := s.claimed[key]
 	s.mu.Unlock()
+	got := dedup.PayloadHash(ctx)
 	if done {
+		if kept != nil && got != nil && !bytes.Equal(kept, got) {
+			return false, &dedup.ConflictingDuplicateError{Key: key, Kept: kept, Got: got}
+		}
 		return false, nil
 	}
 	tx := &Tx{}
@@ -74,7 +80,7 @@ func (s *MemoryStore) Run(ctx context.Context, key dedup.Key, fn func(ctx contex
 		return true, err
 	}
 	s.mu.Lock()
-	s.claimed[key] = true
+	s.claimed[key] = got
 	s.mu.Unlock()
 	for _, f := range tx.onCommit {
 		f()

@@ -15,7 +15,8 @@ func TestMemoryStoreConformance(t *testing.T) {
 		var mu sync.Mutex
 		effects := map[string]int{}
 		return deduptest.Harness{
-			Store: deduptest.NewMemoryStore(),
+			PayloadHashes: true,
+			Store:         deduptest.NewMemoryStore(),
 			Effect: func(ctx context.Context, id string) error {
 				tx, ok := deduptest.TxFromContext(ctx)
 				if !ok {

@@ -1,0 +1,1 @@
+ALTER TABLE {{schema}}.processed DROP COLUMN payload_hash;

@@ -1,0 +1,1 @@
+ALTER TABLE processed DROP COLUMN payload_hash;
