@@ -98,17 +98,24 @@ func BenchmarkHandWrittenHandler(b *testing.B) {
 	}
 }
 
-func BenchmarkIdemHandler(b *testing.B) { benchmarkIdem(b, 0) }
+func BenchmarkIdemHandler(b *testing.B) { benchmarkIdem(b, consumer.Config{}) }
 
 // BenchmarkIdemHandlerCrashGuard is BenchmarkIdemHandler with the crash guard on: the
 // cost of counting each delivery before the handler runs.
-func BenchmarkIdemHandlerCrashGuard(b *testing.B) { benchmarkIdem(b, 3) }
+func BenchmarkIdemHandlerCrashGuard(b *testing.B) { benchmarkIdem(b, consumer.Config{CrashGuard: 3}) }
 
-func benchmarkIdem(b *testing.B, crashGuard int) {
+// BenchmarkIdemHandlerNoPayloadHash is BenchmarkIdemHandler without the payload hash
+// kept for conflicting duplicates: its cost.
+func BenchmarkIdemHandlerNoPayloadHash(b *testing.B) {
+	benchmarkIdem(b, consumer.Config{SkipPayloadHash: true})
+}
+
+func benchmarkIdem(b *testing.B, cfg consumer.Config) {
 	for _, conc := range []int{1, 8} {
 		b.Run(fmt.Sprintf("concurrency=%d", conc), func(b *testing.B) {
 			store, _, effects := benchSetup(b, int32(conc))
-			c, err := consumer.New(consumer.Config{Store: store, CrashGuard: crashGuard, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			cfg.Store, cfg.Logger = store, slog.New(slog.NewTextHandler(io.Discard, nil))
+			c, err := consumer.New(cfg)
 			if err != nil {
 				b.Fatal(err)
 			}
