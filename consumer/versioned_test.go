@@ -210,6 +210,39 @@ func TestVersioned(t *testing.T) {
 		require.Equal(t, 1, dl.Attempts, "no retries")
 		require.Equal(t, `OrderPlaced event_version "4": this handler knows versions 1, 2 and 3 only`, dl.Error)
 		require.Equal(t, payload, string(dl.Payload), "kept byte for byte, for a replay")
+		d, err := b.store.DeadLetter(context.Background(), "billing", "evt-4")
+		require.NoError(t, err)
+		require.Equal(t, "OrderPlaced", d.EventType, "the dead letter records the event type")
+		require.Equal(t, "4", d.EventVersion, "and the version")
+	})
+
+	t.Run("UnknownVersionIsAppliedOnceReplayedToANewerBuild", func(t *testing.T) {
+		t.Parallel()
+		b := setupVersioned(t, 0)
+		msg := versionedEvent("evt-4", "OrderPlaced", "4", `{"order_id":"A-4","amount_minor":1,"currency":"EUR"}`)
+		require.NoError(t, deliver(b.handler, msg))
+		require.Equal(t, 1, b.deadLetters(t), "this build does not know version 4")
+
+		// The next build knows version 4 (here, the same shape as version 3), and the
+		// dead letter is replayed to it with its event ID.
+		newer, err := consumer.VersionedConsumer(consumer.VersionedConfig{Events: []consumer.EventHandler{{
+			Type: "OrderPlaced", Version: 4,
+			Handler: postgres.Handler(func(ctx context.Context, tx pgx.Tx, e placedV3) error {
+				b.calls.Add(1)
+				_, err := tx.Exec(ctx, "INSERT INTO "+b.orderRows+" VALUES ($1, $2, $3)", e.OrderID, e.AmountMinor, e.Currency)
+				return err
+			}),
+			Upcasters: []consumer.Upcaster{
+				consumer.Upcast(1, placedV2From1), consumer.Upcast(2, placedV3From2),
+				consumer.Upcast(3, func(e placedV3) (placedV3, error) { return e, nil }),
+			},
+		}}})
+		require.NoError(t, err)
+		replayed := b.consumer.WrapConsumer("billing", newer)
+		require.NoError(t, deliver(replayed, msg))
+		require.NoError(t, deliver(replayed, msg), "replayed twice")
+		require.Equal(t, int32(1), b.calls.Load())
+		require.Equal(t, []row{{"A-4", 1, "EUR"}}, rows(t, b))
 	})
 
 	t.Run("UnknownTypeIsDeadLetteredAsPermanent", func(t *testing.T) {
