@@ -186,4 +186,54 @@ func TestPruneKeepsYoungRowsAndTheCrashGuardsCounts(t *testing.T) {
 
 	_, err = store.Prune(ctx, postgres.PruneConfig{Retention: time.Hour, ReplayWindow: 24 * time.Hour})
 	require.ErrorContains(t, err, "shorter than ReplayWindow")
+	_, err = store.Prune(ctx, postgres.PruneConfig{DeadLetterRetention: 48 * time.Hour, AuditRetention: 24 * time.Hour})
+	require.ErrorContains(t, err, "AuditRetention 24h0m0s is shorter than DeadLetterRetention 48h0m0s")
+	_, err = store.Prune(ctx, postgres.PruneConfig{DeadLetterRetention: -3})
+	require.ErrorContains(t, err, "DeadLetterRetention must be at least 1s, or -1")
+}
+
+// TestPruneReviewedDeadLettersAndTheAudit: reviewed dead letters go after their
+// retention, the audit after its own, longer one; pending dead letters never.
+func TestPruneReviewedDeadLettersAndTheAudit(t *testing.T) {
+	t.Parallel()
+	store, pool := testdb.Store(t)
+	ctx := context.Background()
+	s := pgx.Identifier{store.Schema()}.Sanitize()
+	ids := map[string]int64{}
+	for _, id := range []string{"pending-old", "resolved-old", "discarded-old", "resolved-young"} {
+		d := &dlq.DeadLetter{Consumer: "c", EventID: id, Reason: dlq.ReasonExhausted}
+		_, err := store.Put(ctx, d)
+		require.NoError(t, err)
+		ids[id] = d.ID
+	}
+	actor := dlq.Actor{OSUser: "op", Host: "h"}
+	_, err := store.Resolve(ctx, dlq.Change{IDs: []int64{ids["resolved-old"], ids["resolved-young"]}, Actor: actor, Selector: "ids"})
+	require.NoError(t, err)
+	_, err = store.Discard(ctx, dlq.Change{IDs: []int64{ids["discarded-old"]}, Actor: actor, Reason: "test order", Selector: "ids"})
+	require.NoError(t, err)
+	for _, q := range []string{
+		"UPDATE " + s + ".dead_letters SET updated_at = now() - interval '40 days' WHERE event_id LIKE '%-old'",
+		"UPDATE " + s + ".dead_letter_audit SET at = now() - interval '400 days' WHERE action = 'discard'",
+	} {
+		_, err := pool.Exec(ctx, q)
+		require.NoError(t, err)
+	}
+	count := func(q string) int {
+		var n int
+		require.NoError(t, pool.QueryRow(ctx, q).Scan(&n))
+		return n
+	}
+
+	res, err := store.Prune(ctx, postgres.PruneConfig{BatchSize: 1})
+	require.NoError(t, err)
+	require.Equal(t, postgres.PruneResult{DeadLetters: 2, Audit: 1}, res, "the defaults: 30 days, and 365 for the audit")
+	require.Equal(t, 1, count("SELECT count(*) FROM "+s+".dead_letters WHERE event_id = 'pending-old'"), "a pending dead letter is never pruned")
+	require.Equal(t, 1, count("SELECT count(*) FROM "+s+".dead_letters WHERE event_id = 'resolved-young'"))
+	require.Equal(t, 1, count("SELECT count(*) FROM "+s+".dead_letter_audit"), "the young audit row stays")
+
+	_, err = pool.Exec(ctx, "UPDATE "+s+".dead_letters SET updated_at = now() - interval '10 years'")
+	require.NoError(t, err)
+	res, err = store.Prune(ctx, postgres.PruneConfig{DeadLetterRetention: -1, AuditRetention: -1})
+	require.NoError(t, err)
+	require.Zero(t, res, "-1 keeps them forever")
 }

@@ -14,6 +14,13 @@ const DefaultRetention = 7 * 24 * time.Hour
 // DefaultPruneBatch is how many rows one pruning statement deletes by default.
 const DefaultPruneBatch = 1000
 
+// DefaultDeadLetterRetention is how long a reviewed dead letter (replayed, discarded
+// or resolved) is kept by default after its last change.
+const DefaultDeadLetterRetention = 30 * 24 * time.Hour
+
+// DefaultAuditRetention is how long the audit of operators' reviews is kept by default.
+const DefaultAuditRetention = 365 * 24 * time.Hour
+
 // PruneConfig configures [Store.Prune].
 type PruneConfig struct {
 	// Retention is how long processed rows and attempt counts are kept after their
@@ -24,6 +31,14 @@ type PruneConfig struct {
 	// refuses a Retention shorter than it, since pruning a row inside that window
 	// would let a late duplicate apply its effect twice. Defaults to 0.
 	ReplayWindow time.Duration
+	// DeadLetterRetention is how long a reviewed dead letter (replayed, discarded or
+	// resolved) is kept after its last change; pending dead letters are never pruned.
+	// Defaults to DefaultDeadLetterRetention; -1 keeps them forever.
+	DeadLetterRetention time.Duration
+	// AuditRetention is how long the audit rows of operators' reviews are kept. It
+	// must not be shorter than DeadLetterRetention: the audit of a review outlives the
+	// dead letters it names. Defaults to DefaultAuditRetention; -1 keeps them forever.
+	AuditRetention time.Duration
 	// BatchSize is how many rows one statement deletes, so that pruning never holds
 	// the write lock for long. Defaults to DefaultPruneBatch.
 	BatchSize int
@@ -36,21 +51,32 @@ type PruneResult struct {
 	// Started counts the crash guard's rows of deliveries that started before the
 	// retention.
 	Started int64
+	// DeadLetters counts the reviewed dead letters past DeadLetterRetention; Audit
+	// the audit rows past AuditRetention.
+	DeadLetters int64
+	Audit       int64
 }
 
 // Prune deletes processed rows, attempt counts and the crash guard's counts older than
-// cfg.Retention, measured
-// on the database clock, in batches of cfg.BatchSize, each its own transaction: the
+// cfg.Retention, reviewed dead letters older than cfg.DeadLetterRetention and audit
+// rows older than cfg.AuditRetention, all measured on the database clock, in batches of cfg.BatchSize, each its own transaction: the
 // consumers' writes get the write lock between batches. It never deletes a row younger
 // than the retention, and it keeps attempt counts of events that have a pending dead
 // letter. It stops at the first error or when ctx ends, reporting what it deleted so
 // far.
 func (s *Store) Prune(ctx context.Context, cfg PruneConfig) (PruneResult, error) {
+	const pkg = "sqlite"
 	if cfg.Retention == 0 {
 		cfg.Retention = DefaultRetention
 	}
 	if cfg.BatchSize == 0 {
 		cfg.BatchSize = DefaultPruneBatch
+	}
+	if cfg.DeadLetterRetention == 0 {
+		cfg.DeadLetterRetention = DefaultDeadLetterRetention
+	}
+	if cfg.AuditRetention == 0 {
+		cfg.AuditRetention = DefaultAuditRetention
 	}
 	var res PruneResult
 	switch {
@@ -58,11 +84,17 @@ func (s *Store) Prune(ctx context.Context, cfg PruneConfig) (PruneResult, error)
 		return res, fmt.Errorf("sqlite: PruneConfig.Retention must be positive, got %s", cfg.Retention)
 	case cfg.Retention < cfg.ReplayWindow:
 		return res, fmt.Errorf("sqlite: PruneConfig.Retention %s is shorter than ReplayWindow %s: a late redelivery or replay would apply its effect twice; raise Retention", cfg.Retention, cfg.ReplayWindow)
+	case cfg.DeadLetterRetention < -1 || cfg.DeadLetterRetention > 0 && cfg.DeadLetterRetention < time.Second:
+		return res, fmt.Errorf("%[1]s: PruneConfig.DeadLetterRetention must be at least 1s, or -1 to keep reviewed dead letters forever, got %[2]s", pkg, cfg.DeadLetterRetention)
+	case cfg.AuditRetention < -1 || cfg.AuditRetention > 0 && cfg.AuditRetention < time.Second:
+		return res, fmt.Errorf("%[1]s: PruneConfig.AuditRetention must be at least 1s, or -1 to keep the audit forever, got %[2]s", pkg, cfg.AuditRetention)
+	case cfg.AuditRetention > 0 && (cfg.DeadLetterRetention < 0 || cfg.AuditRetention < cfg.DeadLetterRetention):
+		return res, fmt.Errorf("%s: PruneConfig.AuditRetention %s is shorter than DeadLetterRetention %s: the audit of a review must outlive the dead letters it names; raise AuditRetention or set it to -1", pkg, cfg.AuditRetention, cfg.DeadLetterRetention)
 	case cfg.BatchSize < 1:
 		return res, fmt.Errorf("sqlite: PruneConfig.BatchSize must be at least 1, got %d", cfg.BatchSize)
 	}
 	// An SQLite date modifier: the cutoff is strftime(…, 'now', '-N seconds').
-	age := fmt.Sprintf("-%.3f seconds", cfg.Retention.Seconds())
+	age := func(d time.Duration) string { return fmt.Sprintf("-%.3f seconds", d.Seconds()) }
 	cutoff := `strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1)`
 	processed := `DELETE FROM processed WHERE (consumer, event_id) IN (
     SELECT consumer, event_id FROM processed WHERE processed_at < ` + cutoff + ` LIMIT ?2)`
@@ -74,14 +106,28 @@ func (s *Store) Prune(ctx context.Context, cfg PruneConfig) (PruneResult, error)
     LIMIT ?2)`
 	started := `DELETE FROM started WHERE (consumer, event_id) IN (
     SELECT consumer, event_id FROM started WHERE last_started_at < ` + cutoff + ` LIMIT ?2)`
+	deadLetters := `DELETE FROM dead_letters WHERE id IN (
+    SELECT id FROM dead_letters WHERE status <> 'pending' AND updated_at < ` + cutoff + ` LIMIT ?2)`
+	audit := `DELETE FROM dead_letter_audit WHERE id IN (
+    SELECT id FROM dead_letter_audit WHERE at < ` + cutoff + ` LIMIT ?2)`
 	for _, step := range []struct {
 		sql   string
+		age   time.Duration
 		count *int64
-	}{{processed, &res.Processed}, {attempts, &res.Attempts}, {started, &res.Started}} {
+	}{
+		{processed, cfg.Retention, &res.Processed},
+		{attempts, cfg.Retention, &res.Attempts},
+		{started, cfg.Retention, &res.Started},
+		{deadLetters, cfg.DeadLetterRetention, &res.DeadLetters},
+		{audit, cfg.AuditRetention, &res.Audit},
+	} {
+		if step.age < 0 {
+			continue // kept forever
+		}
 		for {
 			var n int64
 			err := s.write(ctx, "prune", func(tx *sql.Tx) error {
-				r, err := tx.ExecContext(ctx, step.sql, age, cfg.BatchSize)
+				r, err := tx.ExecContext(ctx, step.sql, age(step.age), cfg.BatchSize)
 				if err != nil {
 					return err
 				}

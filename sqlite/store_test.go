@@ -311,6 +311,39 @@ func TestPrune(t *testing.T) {
 		require.Zero(t, res, "the default retention of 7 days deletes nothing young")
 	})
 
+	t.Run("ReviewedDeadLettersAndTheAudit", func(t *testing.T) {
+		t.Parallel()
+		store := testStore(t, sqlite.Config{})
+		db := store.DB()
+		ids := map[string]int64{}
+		for _, id := range []string{"pending-old", "resolved-old", "discarded-old", "resolved-young"} {
+			d := &dlq.DeadLetter{Consumer: "c", EventID: id, Reason: dlq.ReasonExhausted}
+			_, err := store.Put(ctx, d)
+			require.NoError(t, err)
+			ids[id] = d.ID
+		}
+		actor := dlq.Actor{OSUser: "op", Host: "h"}
+		_, err := store.Resolve(ctx, dlq.Change{IDs: []int64{ids["resolved-old"], ids["resolved-young"]}, Actor: actor, Selector: "ids"})
+		require.NoError(t, err)
+		_, err = store.Discard(ctx, dlq.Change{IDs: []int64{ids["discarded-old"]}, Actor: actor, Reason: "test order", Selector: "ids"})
+		require.NoError(t, err)
+		exec(t, db, "UPDATE dead_letters SET updated_at = ?1 WHERE event_id LIKE '%-old'", old)
+		exec(t, db, "UPDATE dead_letter_audit SET at = ?1 WHERE action = 'discard'", old)
+
+		res, err := store.Prune(ctx, sqlite.PruneConfig{DeadLetterRetention: time.Hour, AuditRetention: 2 * time.Hour, BatchSize: 1})
+		require.NoError(t, err)
+		require.Equal(t, sqlite.PruneResult{DeadLetters: 2, Audit: 1}, res)
+		require.Equal(t, 1, count(t, db, "SELECT count(*) FROM dead_letters WHERE event_id = 'pending-old'"), "a pending dead letter is never pruned")
+		require.Equal(t, 1, count(t, db, "SELECT count(*) FROM dead_letters WHERE event_id = 'resolved-young'"), "young rows stay")
+		require.Equal(t, 1, count(t, db, "SELECT count(*) FROM dead_letter_audit WHERE action = 'resolve'"), "young audit rows stay")
+
+		exec(t, db, "UPDATE dead_letters SET updated_at = ?1", old)
+		exec(t, db, "UPDATE dead_letter_audit SET at = ?1", old)
+		res, err = store.Prune(ctx, sqlite.PruneConfig{DeadLetterRetention: -1, AuditRetention: -1})
+		require.NoError(t, err)
+		require.Zero(t, res, "-1 keeps them forever")
+	})
+
 	t.Run("RefusesBadConfig", func(t *testing.T) {
 		t.Parallel()
 		store := testStore(t, sqlite.Config{})
@@ -322,6 +355,11 @@ func TestPrune(t *testing.T) {
 			{sqlite.PruneConfig{ReplayWindow: 30 * 24 * time.Hour}, "shorter than ReplayWindow"},
 			{sqlite.PruneConfig{Retention: -time.Hour}, "PruneConfig.Retention must be positive"},
 			{sqlite.PruneConfig{BatchSize: -1}, "PruneConfig.BatchSize must be at least 1"},
+			{sqlite.PruneConfig{DeadLetterRetention: -2}, "PruneConfig.DeadLetterRetention must be at least 1s, or -1"},
+			{sqlite.PruneConfig{DeadLetterRetention: time.Millisecond}, "PruneConfig.DeadLetterRetention must be at least 1s"},
+			{sqlite.PruneConfig{AuditRetention: -time.Hour}, "PruneConfig.AuditRetention must be at least 1s, or -1"},
+			{sqlite.PruneConfig{DeadLetterRetention: 48 * time.Hour, AuditRetention: 24 * time.Hour}, "AuditRetention 24h0m0s is shorter than DeadLetterRetention 48h0m0s"},
+			{sqlite.PruneConfig{DeadLetterRetention: -1, AuditRetention: 24 * time.Hour}, "is shorter than DeadLetterRetention -1ns"},
 		} {
 			_, err := store.Prune(ctx, tc.cfg)
 			require.ErrorContains(t, err, tc.want)
