@@ -549,3 +549,24 @@ func TestVersionedWithSQLite(t *testing.T) {
 	require.Equal(t, dlq.ReasonPermanent, d.Reason)
 	require.Contains(t, d.Error, "decode payload as consumer_test.placedV2")
 }
+
+// TestVersionedHandlerPerVersion gives two versions of one type a handler each.
+func TestVersionedHandlerPerVersion(t *testing.T) {
+	t.Parallel()
+	var got []string
+	record := func(name string) message.NoPublishHandlerFunc {
+		return func(msg *message.Message) error {
+			got = append(got, name+" "+msg.Metadata.Get(middleware.EventVersionKey))
+			return nil
+		}
+	}
+	h, err := consumer.VersionedConsumer(consumer.VersionedConfig{Events: []consumer.EventHandler{
+		{Type: "OrderPlaced", Version: 1, Handler: record("v1")},
+		{Type: "OrderPlaced", Version: 3, Handler: record("v3"), Upcasters: []consumer.Upcaster{consumer.Upcast(2, placedV3From2)}},
+	}})
+	require.NoError(t, err)
+	require.NoError(t, h(versionedEvent("evt-1", "OrderPlaced", "1", `{}`)))
+	require.NoError(t, h(versionedEvent("evt-2", "OrderPlaced", "2", `{"order_id":"A","total":{"amount":"1.00","currency":"EUR"}}`)))
+	require.NoError(t, h(versionedEvent("evt-3", "OrderPlaced", "3", `{}`)))
+	require.Equal(t, []string{"v1 1", "v3 3", "v3 3"}, got, "version 2 is upcast to 3; version 1 has a handler of its own")
+}
