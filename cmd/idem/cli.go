@@ -35,15 +35,12 @@ const envDatabaseURL = "IDEM_DATABASE_URL"
 // connect_timeout.
 const defaultConnectTimeout = 5 * time.Second
 
-// redacted replaces passwords in every message, as url.URL.Redacted does.
-const redacted = "xxxxx"
-
 // cli is one run of the command: where it writes and what it reads from outside.
 type cli struct {
 	stdout, stderr io.Writer
 	getenv         func(string) string
 	connectTimeout time.Duration
-	secrets        []string // scrubbed from every message written to stderr
+	secrets        []string // credentials scrubbed from every message, see redact
 	// terminal says standard output is a terminal: long runs show their progress.
 	terminal bool
 }
@@ -71,7 +68,7 @@ type env struct {
 	args   []string // positional arguments
 	// Set for commands that use the database.
 	dbURL      string // as given: never print it, print shownURL
-	shownURL   string // dbURL with its password replaced by xxxxx
+	shownURL   string // dbURL as redactURL prints it
 	schema     string
 	sqlitePath string // the SQLite database file, when dbURL names one
 	schemaSet  bool   // --schema was given
@@ -121,7 +118,7 @@ func (c *cli) exit(err error) int {
 		code = exitUnreachable
 	}
 	if msg := err.Error(); msg != "" {
-		fmt.Fprintln(c.stderr, "idem: "+c.redact(msg))
+		fmt.Fprintln(c.stderr, "idem: "+inertMessage(c.redact(msg)))
 	}
 	if hint != "" {
 		fmt.Fprintln(c.stderr, "idem: "+hint)
@@ -129,8 +126,11 @@ func (c *cli) exit(err error) int {
 	return code
 }
 
-// redact hides the database password in s.
+// redact hides the credentials of URLs in the message s: every URL in it goes through
+// redactURL, and the credentials of the database and publish URLs are replaced
+// wherever else they appear (a driver's error may quote them).
 func (c *cli) redact(s string) string {
+	s = redactURLs(s)
 	for _, secret := range c.secrets {
 		s = strings.ReplaceAll(s, secret, redacted)
 	}
@@ -273,71 +273,25 @@ func sqlitePath(raw string) (path string, ok bool, err error) {
 }
 
 // checkDatabaseURL checks that raw is a PostgreSQL URL this build can connect to, and
-// returns it with its password hidden. Its errors never hold the password.
+// returns it as redactURL prints it. Its errors never hold a credential.
 func checkDatabaseURL(raw string) (shown string, err error) {
-	const supported = "use postgres://user@host:5432/dbname, or a SQLite file as sqlite:path/to/file.db or path/to/file.db"
+	const supported = "use a postgres:// URL such as postgres://db.internal:5432/app, or a SQLite file as sqlite:path/to/file.db or path/to/file.db"
 	if !strings.Contains(raw, "://") {
 		return "", fmt.Errorf("the database URL is neither a postgres:// URL nor a SQLite file: %s", supported)
 	}
-	u, err := url.Parse(raw)
-	if err != nil {
+	if _, err := url.Parse(raw); err != nil {
 		var ue *url.Error
 		if errors.As(err, &ue) {
 			err = ue.Err // url.Error holds the whole URL, password included
 		}
 		return "", fmt.Errorf("the database URL is not a valid URL: %v", err)
 	}
-	if q := u.Query(); q.Has("password") {
-		q.Set("password", redacted)
-		u.RawQuery = q.Encode()
-	}
-	shown = u.Redacted()
+	shown = redactURL(raw)
 	scheme, _, _ := strings.Cut(raw, "://") // pgx wants it in lower case, as url.Parse does not
 	if scheme != "postgres" && scheme != "postgresql" {
 		return "", fmt.Errorf("unsupported database URL scheme %q in %s: %s", scheme, shown, supported)
 	}
 	return shown, nil
-}
-
-// urlSecrets returns the passwords in raw, as written and decoded, even when raw does
-// not parse. Passwords shorter than 4 bytes are left out: replacing them everywhere
-// would garble messages, and nothing idem or pgx prints holds them anyway.
-func urlSecrets(raw string) []string {
-	var out []string
-	add := func(s string) {
-		for _, v := range []string{s, unescape(s)} {
-			if len(v) >= 4 && !slices.Contains(out, v) {
-				out = append(out, v)
-			}
-		}
-	}
-	if _, rest, ok := strings.Cut(raw, "://"); ok {
-		if at := strings.LastIndex(rest, "@"); at >= 0 {
-			if _, pw, ok := strings.Cut(rest[:at], ":"); ok {
-				add(pw)
-			}
-		}
-	}
-	for s := raw; ; {
-		i := strings.Index(s, "password=")
-		if i < 0 {
-			break
-		}
-		s = s[i+len("password="):]
-		end := strings.IndexAny(s, "& ")
-		if end < 0 {
-			end = len(s)
-		}
-		add(strings.Trim(s[:end], "'"))
-	}
-	return out
-}
-
-func unescape(s string) string {
-	if u, err := url.QueryUnescape(s); err == nil {
-		return u
-	}
-	return s
 }
 
 // connect opens a pool on the database and checks that it answers, within the

@@ -218,7 +218,7 @@ func TestCheck(t *testing.T) {
 		t.Parallel()
 		res := idemAt(t, "dlq", "check", "--database-url", "postgres://postgres@127.0.0.1:1/test")
 		require.Equal(t, 3, res.code, res.stderr)
-		require.Contains(t, res.stderr, "idem: cannot connect to postgres://postgres@127.0.0.1:1/test")
+		require.Contains(t, res.stderr, "idem: cannot connect to postgres://REDACTED@127.0.0.1:1/test")
 		require.Empty(t, res.stdout)
 
 		res = idemAt(t, "dlq", "check", "--database-url", filepath.Join(t.TempDir(), "missing.db"))

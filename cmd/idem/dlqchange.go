@@ -26,8 +26,8 @@ type changeJSON struct {
 	DryRun   bool   `json:"dry_run"`
 	Selector string `json:"selector"`
 	Reason   string `json:"reason"`
-	// PublishURL is the broker replay publishes to, password hidden; null for discard
-	// and resolve.
+	// PublishURL is the broker replay publishes to, as redactURL prints it; null for
+	// discard and resolve.
 	PublishURL *string `json:"publish_url"`
 	// Selected are the dead letters selected, Refused those replay cannot replay.
 	Selected []int64       `json:"selected"`
@@ -256,12 +256,12 @@ func runReplay(ctx context.Context, e *env, sel *filterFlags, ch *changeFlags, o
 			return err
 		}
 		refusedNote()
-		fmt.Fprintf(e.stdout, "dry run: would replay %s to %s; nothing was published. Add --yes to replay them.\n", countText(len(todo)), target.shown)
+		fmt.Fprintf(e.stdout, "dry run: would replay %s to %s; nothing was published. Add --yes to replay them.\n", countText(len(todo)), inert(target.shown))
 		return nil
 	}
 
 	stop := func(err error) error {
-		msg := err.Error()
+		msg := e.cli.redact(err.Error())
 		res.Error = &msg
 		if out.format == formatJSON {
 			if werr := writeJSON(e.stdout, res); werr != nil {
@@ -355,7 +355,7 @@ func runReplay(ctx context.Context, e *env, sel *filterFlags, ch *changeFlags, o
 		return writeJSON(e.stdout, res)
 	}
 	refusedNote()
-	fmt.Fprintf(e.stdout, "replayed %s to %s\n", countText(len(res.Changed)), target.shown)
+	fmt.Fprintf(e.stdout, "replayed %s to %s\n", countText(len(res.Changed)), inert(target.shown))
 	return nil
 }
 

@@ -47,7 +47,9 @@
 // SQLite database has no schemas: --schema is refused with one. Only `idem migrate`
 // creates a SQLite file; the other commands report a missing file as unreachable.
 // Connecting to PostgreSQL gives up after 5 seconds, unless the URL sets
-// connect_timeout. No message shows the password of a URL: it is replaced by xxxxx.
+// connect_timeout. No output shows the credentials of a URL, database or broker:
+// the userinfo (user and password, or a lone token) and the values of secret-looking
+// query parameters (password=, token=, sig=, …) are replaced by REDACTED.
 //
 // # Examples
 //

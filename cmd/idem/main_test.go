@@ -296,7 +296,7 @@ func TestDedupStats(t *testing.T) {
 		schema := randomSchema("cli_missing_")
 		res := idem(t, "dedup", "stats", "--database-url", testdb.URL(), "--schema", schema)
 		require.Equal(t, 3, res.code, res.stderr)
-		require.Equal(t, "idem: schema "+schema+" has no idem tables; run `idem migrate --schema "+schema+"` (database "+testdb.URL()+")\n", res.stderr)
+		require.Equal(t, "idem: schema "+schema+" has no idem tables; run `idem migrate --schema "+schema+"` (database "+redactURL(testdb.URL())+")\n", res.stderr)
 		require.Empty(t, res.stdout)
 	})
 
@@ -338,14 +338,14 @@ func TestUsageErrors(t *testing.T) {
 		{"MissingFlagValue", []string{"dedup", "stats", "--schema"}, "idem: dedup stats: flag needs an argument: -schema"},
 		{"Arguments", []string{"migrate", "now"}, `idem: migrate takes no arguments, got "now"`},
 		{"VersionFlags", []string{"version", "--schema", "x"}, "flag provided but not defined: -schema"},
-		{"BadScheme", []string{"migrate", "--database-url", "mysql://root@127.0.0.1/test"}, `idem: unsupported database URL scheme "mysql" in mysql://root@127.0.0.1/test: use postgres://user@host:5432/dbname, or a SQLite file as sqlite:path/to/file.db or path/to/file.db`},
+		{"BadScheme", []string{"migrate", "--database-url", "mysql://root@127.0.0.1/test"}, `idem: unsupported database URL scheme "mysql" in mysql://REDACTED@127.0.0.1/test: use a postgres:// URL such as postgres://db.internal:5432/app, or a SQLite file as sqlite:path/to/file.db or path/to/file.db`},
 		{"SQLiteHost", []string{"dedup", "stats", "--database-url", "sqlite://host/var/lib/idem.db"}, "idem: the SQLite URL sqlite://host/var/lib/idem.db names a host: use sqlite:///absolute/path.db or sqlite:relative/path.db"},
 		{"SQLiteQuery", []string{"dlq", "report", "--database-url", "sqlite:idem.db?mode=ro"}, "has a query or fragment"},
 		{"SQLiteNoFile", []string{"dlq", "report", "--database-url", "sqlite:"}, "idem: the SQLite URL sqlite: names no file"},
 		{"SQLiteSchema", []string{"dlq", "report", "--database-url", "idem.db", "--schema", "messaging"}, "idem: --schema applies to PostgreSQL only: a SQLite database has no schemas"},
-		{"NotAURL", []string{"migrate", "--database-url", "host=localhost user=postgres"}, "idem: the database URL is neither a postgres:// URL nor a SQLite file: use postgres://user@host:5432/dbname, or a SQLite file as sqlite:path/to/file.db or path/to/file.db"},
+		{"NotAURL", []string{"migrate", "--database-url", "host=localhost user=postgres"}, "idem: the database URL is neither a postgres:// URL nor a SQLite file: use a postgres:// URL such as postgres://db.internal:5432/app, or a SQLite file as sqlite:path/to/file.db or path/to/file.db"},
 		{"InvalidURL", []string{"migrate", "--database-url", "postgres://postgres@127.0.0.1:port/test"}, "idem: the database URL is not a valid URL: invalid port"},
-		{"BadURLParameter", []string{"migrate", "--database-url", "postgres://postgres@127.0.0.1:1/test?sslmode=sometimes"}, "idem: bad database URL postgres://postgres@127.0.0.1:1/test?sslmode=sometimes"},
+		{"BadURLParameter", []string{"migrate", "--database-url", "postgres://postgres@127.0.0.1:1/test?sslmode=sometimes"}, "idem: bad database URL postgres://REDACTED@127.0.0.1:1/test?sslmode=sometimes"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -387,7 +387,7 @@ func TestUnreachable(t *testing.T) {
 		for _, args := range [][]string{{"migrate"}, {"dedup", "prune"}, {"dedup", "stats"}} {
 			res := idem(t, append(args, "--database-url", "postgres://postgres@127.0.0.1:1/test")...)
 			require.Equal(t, 3, res.code, res.stderr)
-			require.Contains(t, res.stderr, "idem: cannot connect to postgres://postgres@127.0.0.1:1/test: ")
+			require.Contains(t, res.stderr, "idem: cannot connect to postgres://REDACTED@127.0.0.1:1/test: ")
 			require.Empty(t, res.stdout)
 		}
 	})
@@ -444,7 +444,7 @@ func TestUnreachable(t *testing.T) {
 			res := idem(t, "dedup", "stats", "--database-url", dbURL)
 			require.Equal(t, 3, res.code, res.stderr)
 			require.NotContains(t, res.stderr, password)
-			require.Contains(t, res.stderr, "xxxxx")
+			require.Contains(t, res.stderr, "://REDACTED@127.0.0.1:1/test")
 		}
 		for _, dbURL := range []string{
 			"mysql://root:" + password + "@127.0.0.1/test",

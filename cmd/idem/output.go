@@ -100,6 +100,20 @@ func inertLines(s string) string {
 	return strings.Join(lines, "\n")
 }
 
+// inertMessage is inert for a message on standard error: it keeps its line breaks and
+// tabs, as drivers' multi-line errors use them, and escapes the rest.
+func inertMessage(s string) string {
+	lines := strings.Split(s, "\n")
+	for i, l := range lines {
+		cells := strings.Split(l, "\t")
+		for j, c := range cells {
+			cells[j] = inert(c)
+		}
+		lines[i] = strings.Join(cells, "\t")
+	}
+	return strings.Join(lines, "\n")
+}
+
 // csvCell returns s fit for a CSV cell opened by a spreadsheet: inert, and with a
 // leading ' when it starts with = + - @ (or a tab or carriage return), which a
 // spreadsheet would evaluate as a formula.

@@ -26,7 +26,7 @@ const envPublishURL = "IDEM_PUBLISH_URL"
 type publishTarget struct {
 	scheme string // postgres, amqp, nats or redis
 	raw    string // as given: never print it
-	shown  string // with its password hidden
+	shown  string // as redactURL prints it
 }
 
 // publishTarget returns the target of --publish-url, $IDEM_PUBLISH_URL or, on
@@ -43,8 +43,7 @@ func (e *env) publishTarget(flagURL string) (publishTarget, error) {
 		raw = e.dbURL
 	}
 	e.cli.secrets = append(e.cli.secrets, urlSecrets(raw)...)
-	u, err := url.Parse(raw)
-	if err != nil {
+	if _, err := url.Parse(raw); err != nil {
 		var ue *url.Error
 		if errors.As(err, &ue) {
 			err = ue.Err // url.Error holds the whole URL, password included
@@ -52,7 +51,7 @@ func (e *env) publishTarget(flagURL string) (publishTarget, error) {
 		return publishTarget{}, usageErrorf(e.cmd, "the publish URL is not a valid URL: %v", err)
 	}
 	scheme, _, _ := strings.Cut(raw, "://")
-	t := publishTarget{raw: raw, shown: u.Redacted()}
+	t := publishTarget{raw: raw, shown: redactURL(raw)}
 	switch scheme {
 	case "postgres", "postgresql":
 		t.scheme = "postgres"

@@ -261,7 +261,7 @@ func TestReplayTransports(t *testing.T) {
 		res := exe(t, "", nil, "dlq", "replay", "1", "--yes", "--database-url", path, "--publish-url", url)
 		require.Equal(t, 0, res.code, res.stderr)
 		require.NotContains(t, res.stdout+res.stderr, "guest:guest")
-		require.Contains(t, res.stdout, "replayed 1 dead letter to amqp://guest:xxxxx@")
+		require.Contains(t, res.stdout, "replayed 1 dead letter to amqp://REDACTED@")
 		select {
 		case msg := <-msgs:
 			requireReplayed(t, msg, "evt-amqp")
@@ -364,7 +364,7 @@ func TestReplayRefusals(t *testing.T) {
 		{[]string{"dlq", "replay", "--all", "--yes"}, 2, "idem: no publish URL: on a SQLite database, set --publish-url or $IDEM_PUBLISH_URL"},
 		{[]string{"dlq", "replay", "--all", "--publish-url", "kafka://broker:9092"}, 2, "unsupported publish URL kafka://broker:9092"},
 		{[]string{"dlq", "replay", "--all", "--publish-url", "redis://127.0.0.1:1", "--rate", "-1"}, 2, "idem: --rate must be 0 (no limit) or from 0.001 to 10000 messages per second, got -1"},
-		{[]string{"dlq", "replay", "1", "--yes", "--publish-url", "redis://:s3cr3tpw@127.0.0.1:1"}, 1, "idem: cannot connect to redis://:xxxxx@127.0.0.1:1"},
+		{[]string{"dlq", "replay", "1", "--yes", "--publish-url", "redis://:s3cr3tpw@127.0.0.1:1"}, 1, "idem: cannot connect to redis://REDACTED@127.0.0.1:1"},
 	} {
 		res := exe(t, "", nil, append(tc.args, "--database-url", path)...)
 		require.Equal(t, tc.code, res.code, "%v: %s", tc.args, res.stderr)
