@@ -30,13 +30,16 @@ cause), largest group first, and shows for each group how many dead letters it
 holds, when it was first and last seen (the times the dead letters were stored),
 the age of its oldest dead letter, the error of its latest one, and the IDs and
 event IDs of its first ones. It ends with the totals. By default it reports the
-pending dead letters: those waiting for review.
+pending dead letters: those waiting for review. The table leaves out the samples
+(error, IDs, event IDs) unless --wide is given; the other formats always hold them.
 
 Select a group in the other commands with --consumer, --topic and --fingerprint.`,
 	setup: func(fs *flag.FlagSet) action {
 		sel := declareFilterFlags(fs, "pending")
 		out := declareOutputFlags(fs, allFormats, "")
-		return func(ctx context.Context, e *env) error { return runReport(ctx, e, sel, out) }
+		var wide bool
+		fs.BoolVar(&wide, "wide", false, "in the table format, also show each group's sample error, IDs and event IDs (the other formats always do)")
+		return func(ctx context.Context, e *env) error { return runReport(ctx, e, sel, out, wide) }
 	},
 }, {
 	name:    "dlq list",

@@ -29,6 +29,8 @@ var goldenCases = []struct {
 	{"report.markdown", []string{"dlq", "report", "--format", "markdown"}},
 	{"report.csv", []string{"dlq", "report", "--format", "csv"}},
 	{"report-all.table", []string{"dlq", "report", "--status", "all"}},
+	{"report-wide.table", []string{"dlq", "report", "--wide"}},
+	{"report-wide.json", []string{"dlq", "report", "--wide", "--format", "json"}},
 	{"list.table", []string{"dlq", "list"}},
 	{"list.json", []string{"dlq", "list", "--format", "json"}},
 	{"list.markdown", []string{"dlq", "list", "--format", "markdown"}},

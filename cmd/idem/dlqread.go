@@ -159,7 +159,7 @@ func toAuditJSON(e dlq.AuditEntry) auditJSON {
 	}
 }
 
-func runReport(ctx context.Context, e *env, sel *filterFlags, out *outputFlags) error {
+func runReport(ctx context.Context, e *env, sel *filterFlags, out *outputFlags, wide bool) error {
 	if err := out.check(e.cmd); err != nil {
 		return err
 	}
@@ -206,9 +206,15 @@ func runReport(ctx context.Context, e *env, sel *filterFlags, out *outputFlags) 
 		fmt.Fprintf(e.stdout, "no %s\n", what)
 		return nil
 	}
+	// The table leaves the samples out unless --wide: it fits a narrower terminal.
+	samples := wide || out.format != formatTable
 	t := &table{headers: []string{"CONSUMER", "TOPIC", "FINGERPRINT", "COUNT", "FIRST SEEN", "LAST SEEN", "OLDEST", "SAMPLE ERROR", "SAMPLE IDS", "SAMPLE EVENT IDS"}}
 	if out.format != formatTable {
 		t.headers = []string{"consumer", "topic", "fingerprint", "count", "first_seen", "last_seen", "oldest_age", "sample_error", "sample_ids", "sample_event_ids"}
+	}
+	const sampleColumns = 3
+	if !samples {
+		t.headers = t.headers[:len(t.headers)-sampleColumns]
 	}
 	errWidth, eventID := 60, shortEventID
 	if out.format != formatTable {
@@ -219,8 +225,12 @@ func runReport(ctx context.Context, e *env, sel *filterFlags, out *outputFlags) 
 		for i, id := range g.SampleEventIDs {
 			events[i] = eventID(id)
 		}
-		t.add(g.Consumer, g.Topic, g.Fingerprint, strconv.FormatInt(g.Count, 10), timeText(g.FirstSeen), timeText(g.LastSeen),
-			ageText(now.Sub(g.FirstSeen)), shorten(g.SampleError, errWidth), joinIDs(g.SampleIDs, " "), strings.Join(events, " "))
+		row := []string{g.Consumer, g.Topic, g.Fingerprint, strconv.FormatInt(g.Count, 10), timeText(g.FirstSeen), timeText(g.LastSeen),
+			ageText(now.Sub(g.FirstSeen)), shorten(g.SampleError, errWidth), joinIDs(g.SampleIDs, " "), strings.Join(events, " ")}
+		if !samples {
+			row = row[:len(row)-sampleColumns]
+		}
+		t.add(row...)
 	}
 	if err := t.write(e.stdout, out.format); err != nil {
 		return err
