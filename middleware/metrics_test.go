@@ -3,6 +3,7 @@ package middleware_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,10 +13,16 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/idemkit/idem/dlq"
+	"github.com/idemkit/idem/dlq/dlqtest"
 	"github.com/idemkit/idem/middleware"
 	"github.com/idemkit/idem/retry"
 )
@@ -546,4 +553,106 @@ func TestObserveInFlight(t *testing.T) {
 		_, err := middleware.ObserveInFlight(nil, nil)
 		require.ErrorContains(t, err, "needs an InFlight")
 	})
+}
+
+// inFlightStack is observedStack's stack, Metrics tracking its deliveries in inFlight,
+// as the consumer package assembles it.
+func inFlightStack(tb testing.TB, tp trace.TracerProvider, mp metric.MeterProvider, inFlight *middleware.InFlight, h message.HandlerFunc) message.HandlerFunc {
+	tb.Helper()
+	logger := slog.New(slog.DiscardHandler)
+	tracing, err := middleware.Trace(middleware.TraceConfig{TracerProvider: tp, Consumer: "orders"})
+	require.NoError(tb, err)
+	metrics, err := middleware.Metrics(middleware.MetricsConfig{MeterProvider: mp, Consumer: "orders", InFlight: inFlight})
+	require.NoError(tb, err)
+	deadLetter, err := middleware.DeadLetter(middleware.DeadLetterConfig{Store: dlqtest.NewMemoryStore(), Consumer: "orders", Logger: logger})
+	require.NoError(tb, err)
+	retrying, err := middleware.Retry(middleware.RetryConfig{Logger: logger})
+	require.NoError(tb, err)
+	dedupe, err := middleware.Dedup(middleware.DedupConfig{Store: claimAll{}, Consumer: "orders", Logger: logger})
+	require.NoError(tb, err)
+	return chain(h, middleware.Correlation, tracing, metrics, deadLetter, retrying, dedupe, middleware.Recover)
+}
+
+// BenchmarkQueueObservability measures what the time in queue and the in-flight
+// tracking add to the stack of BenchmarkObservability with the SDK: a message without
+// a publish stamp (as there), one with a stamp (idem.queue.duration recorded), the
+// same with its delivery tracked for idem.delivery.oldest_in_flight_age, that one from
+// parallel goroutines (the per-consumer lock under contention), and that one with
+// no-op providers; then Metrics alone with no-op providers, without and with the
+// in-flight tracking, serial and parallel, where its cost is not lost in the noise of
+// the rest. Run:
+//
+//	go test -run '^$' -bench 'Observability$' -benchmem -count 10 ./middleware/
+func BenchmarkQueueObservability(b *testing.B) {
+	handler := func(*message.Message) ([]*message.Message, error) { return nil, nil }
+	sdk := func() (trace.TracerProvider, metric.MeterProvider) {
+		return sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), sdktrace.WithSpanProcessor(dropSpans{})),
+			sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+	}
+	noop := func() (trace.TracerProvider, metric.MeterProvider) {
+		return tracenoop.NewTracerProvider(), metricnoop.NewMeterProvider()
+	}
+	for _, bc := range []struct {
+		name      string
+		providers func() (trace.TracerProvider, metric.MeterProvider)
+		stamped   bool
+		inFlight  bool
+		parallel  bool
+		alone     bool // Metrics alone
+	}{
+		{"unstamped", sdk, false, false, false, false},
+		{"stamped", sdk, true, false, false, false},
+		{"stamped+inflight", sdk, true, true, false, false},
+		{"stamped+inflight-parallel", sdk, true, true, true, false},
+		{"noop-stamped+inflight", noop, true, true, false, false},
+		{"alone-noop", noop, true, false, false, true},
+		{"alone-noop+inflight", noop, true, true, false, true},
+		{"alone-noop-parallel", noop, true, false, true, true},
+		{"alone-noop+inflight-parallel", noop, true, true, true, true},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			tp, mp := bc.providers()
+			var inFlight *middleware.InFlight
+			if bc.inFlight {
+				inFlight = &middleware.InFlight{}
+				reg, err := middleware.ObserveInFlight(mp, inFlight)
+				require.NoError(b, err)
+				b.Cleanup(func() { _ = reg.Unregister() })
+			}
+			h := inFlightStack(b, tp, mp, inFlight, handler)
+			if bc.alone {
+				metrics, err := middleware.Metrics(middleware.MetricsConfig{MeterProvider: mp, Consumer: "orders", InFlight: inFlight})
+				require.NoError(b, err)
+				h = metrics(handler)
+			}
+			msgs := make([]*message.Message, b.N)
+			stamp := time.Now().Add(-time.Second)
+			for i := range msgs {
+				msgs[i] = newMessage("evt-1", "x")
+				msgs[i].Metadata.Set(middleware.TraceParentKey, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+				if bc.stamped {
+					middleware.StampPublishedAt(msgs[i], stamp)
+				}
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			if bc.parallel {
+				var next atomic.Int64
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						if _, err := h(msgs[next.Add(1)-1]); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+				return
+			}
+			for i := range b.N {
+				if _, err := h(msgs[i]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
