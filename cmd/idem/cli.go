@@ -145,6 +145,10 @@ func (c *cli) runCommand(ctx context.Context, cmd *command, args []string) error
 		c.commandUsage(c.stdout, cmd)
 		return nil
 	}
+	if name, ok := strings.CutPrefix(fmt.Sprint(err), "flag provided but not defined: -"); ok && cmd.args != "" && isNumber(name) {
+		// A negative number among the arguments: flag reads it as a flag.
+		return usageErrorf(cmd.name, "%q is not a dead-letter ID: IDs are positive whole numbers, as report and list show them", "-"+name)
+	}
 	if err != nil {
 		return usageErrorf(cmd.name, "%s: %v", cmd.name, err)
 	}
@@ -159,6 +163,10 @@ func (c *cli) runCommand(ctx context.Context, cmd *command, args []string) error
 		}
 	}
 	return act(ctx, e)
+}
+
+func isNumber(s string) bool {
+	return s != "" && strings.Trim(s, "0123456789") == ""
 }
 
 type dbFlags struct{ url, schema string }
@@ -246,6 +254,9 @@ var sqliteExtensions = []string{".db", ".sqlite", ".sqlite3"}
 //	path/to/file.db              a plain path ending in .db, .sqlite or .sqlite3
 func sqlitePath(raw string) (path string, ok bool, err error) {
 	rest, isURL := strings.CutPrefix(raw, "sqlite:")
+	if strings.ContainsRune(raw, 0) && (isURL || slices.ContainsFunc(sqliteExtensions, func(ext string) bool { return strings.HasSuffix(raw, ext) })) {
+		return "", true, fmt.Errorf("the SQLite database %q holds a NUL byte, which no file name does", raw)
+	}
 	if !isURL {
 		if strings.Contains(raw, "://") || !slices.ContainsFunc(sqliteExtensions, func(ext string) bool { return strings.HasSuffix(raw, ext) }) {
 			return "", false, nil

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"os/user"
 	"regexp"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/idemkit/idem/dlq"
 )
@@ -229,6 +231,11 @@ func (f *filterFlags) filter(e *env, ids []int64) (dlq.Filter, error) {
 	if err != nil {
 		return dlq.Filter{}, err
 	}
+	for _, t := range [][2]string{{"consumer", f.consumer}, {"topic", f.topic}, {"fingerprint", f.fingerprint}, {"event-type", f.eventType}} {
+		if err := checkText(e.cmd, t[0], t[1]); err != nil {
+			return dlq.Filter{}, err
+		}
+	}
 	flt := dlq.Filter{IDs: ids, Consumer: f.consumer, Topic: f.topic, Fingerprint: f.fingerprint, EventType: f.eventType}
 	if len(ids) == 0 || f.given("status") {
 		switch f.status {
@@ -253,6 +260,20 @@ func (f *filterFlags) filter(e *env, ids []int64) (dlq.Filter, error) {
 	}
 	return flt, nil
 }
+
+// checkText returns a usage error unless v, the value of flag --name, is text that
+// the stores can hold and match: valid UTF-8 without NUL bytes. PostgreSQL refuses
+// anything else outright, and SQLite would store it as it is.
+func checkText(cmd, name, v string) error {
+	if !utf8.ValidString(v) || strings.ContainsRune(v, 0) {
+		return usageErrorf(cmd, "--%s must be UTF-8 text without NUL bytes, got %q", name, v)
+	}
+	return nil
+}
+
+// maxReason is the longest --reason, in bytes: an audit entry says why in a sentence or
+// a ticket reference, and the audit is printed whole.
+const maxReason = 4096
 
 // selector describes a selection for the audit: "ids=3,4" and the filters given, such
 // as "ids=3 status=pending" or "consumer=billing fingerprint=3f2a… status=pending".
@@ -329,6 +350,9 @@ func parseDays(s string) (time.Duration, error) {
 		if err != nil {
 			return 0, fmt.Errorf("%q is not a duration such as 36h or 7d", s)
 		}
+		if d > 0 && total > math.MaxInt64-d || d < 0 && total > 0 {
+			return 0, fmt.Errorf("%q is out of range", s) // overflows, or 1d-2h
+		}
 		total += d
 	}
 	return total, nil
@@ -388,7 +412,12 @@ func declareOutputFlags(fs *flag.FlagSet, formats []string, payload string) *out
 	return o
 }
 
-func (o *outputFlags) check(cmd string) error { return checkFormat(cmd, o.format, o.formats...) }
+func (o *outputFlags) check(cmd string) error {
+	if err := checkText(cmd, "redact-keys", o.redactKeys); err != nil {
+		return err
+	}
+	return checkFormat(cmd, o.format, o.formats...)
+}
 
 func (o *outputFlags) redactor() redactor {
 	var r redactor

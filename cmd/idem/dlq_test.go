@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
@@ -656,5 +658,96 @@ func TestMetadataKeysAreUnambiguous(t *testing.T) {
 			}
 			require.Len(t, keys, len(hostileMetadata), section)
 		})
+	}
+}
+
+// TestHostileInputs gives the commands operator input they cannot store or match:
+// NUL bytes and invalid UTF-8 in text flags, a reason longer than any audit entry
+// needs, durations that overflow, IDs out of range. Each is a usage error (exit 2)
+// that names the flag, and nothing is written.
+func TestHostileInputs(t *testing.T) {
+	t.Parallel()
+	for _, backend := range []struct {
+		name string
+		args func(t *testing.T) []string
+	}{
+		{"PostgreSQL", func(t *testing.T) []string { return pgArgs(t, goldenRows) }},
+		{"SQLite", func(t *testing.T) []string { return []string{"--database-url", sqliteDB(t, goldenRows)} }},
+	} {
+		t.Run(backend.name, func(t *testing.T) {
+			t.Parallel()
+			db := backend.args(t)
+			before := idemWith(t, map[string]string{envNow: testNow}, 5*time.Second, append([]string{"dlq", "list", "--status", "all", "--format", "json"}, db...)...)
+			require.Equal(t, 0, before.code, before.stderr)
+
+			for _, tc := range []struct {
+				args []string
+				want string
+			}{
+				{[]string{"dlq", "resolve", "1", "--yes", "--reason", "a\x00b"}, `--reason must be UTF-8 text without NUL bytes, got "a\x00b"`},
+				{[]string{"dlq", "discard", "1", "--yes", "--reason", "a\xffb"}, `--reason must be UTF-8 text without NUL bytes, got "a\xffb"`},
+				{[]string{"dlq", "replay", "1", "--yes", "--reason", "\xc3", "--publish-url", "redis://127.0.0.1:1"}, "--reason must be UTF-8 text"},
+				{[]string{"dlq", "resolve", "1", "--yes", "--reason", strings.Repeat("é", 2049)}, "--reason must be at most 4096 bytes, got 4098"},
+				{[]string{"dlq", "list", "--consumer", "a\xff"}, `--consumer must be UTF-8 text without NUL bytes, got "a\xff"`},
+				{[]string{"dlq", "report", "--fingerprint", "f\x00"}, "--fingerprint must be UTF-8 text"},
+				{[]string{"dlq", "resolve", "--topic", "t\xfe", "--yes"}, "--topic must be UTF-8 text"},
+				{[]string{"dlq", "check", "--event-type", "\xff"}, "--event-type must be UTF-8 text"},
+				{[]string{"dlq", "show", "1", "--redact-keys", "ssn,\xff"}, "--redact-keys must be UTF-8 text"},
+				{[]string{"dlq", "check", "--max-age", "100000d2562047h"}, `"100000d2562047h" is out of range`},
+				{[]string{"dlq", "check", "--max-age", "100001d"}, `"100001d" is out of range`},
+				{[]string{"dlq", "list", "--since", "100000d2562047h"}, `--since: "100000d2562047h" is neither a time`},
+				{[]string{"dlq", "audit", "--until", "-1h"}, `--until: "-1h" is a negative duration`},
+				{[]string{"dlq", "check", "--max-age", "-1ns"}, "--max-age must not be negative"},
+				{[]string{"dedup", "prune", "--retention", "2562048h"}, `invalid value "2562048h" for flag -retention`},
+				{[]string{"dedup", "prune", "--replay-window", "-1ns"}, "--replay-window must not be negative"},
+				{[]string{"dlq", "show", "0"}, `"0" is not a dead-letter ID: IDs are positive whole numbers`},
+				{[]string{"dlq", "show", "-1"}, `"-1" is not a dead-letter ID: IDs are positive whole numbers`},
+				{[]string{"dlq", "show", "--", "-1"}, `"-1" is not a dead-letter ID`},
+				{[]string{"dlq", "resolve", "3", "-9223372036854775808", "--yes"}, `"-9223372036854775808" is not a dead-letter ID`},
+				{[]string{"dlq", "resolve", "9223372036854775808", "--yes"}, `"9223372036854775808" is not a dead-letter ID`},
+				{[]string{"dlq", "discard", "1,0", "--reason", "r", "--yes"}, `"0" is not a dead-letter ID`},
+				{[]string{"dlq", "audit", "--id", "-1"}, "--id must be a dead-letter ID, got -1"},
+				{[]string{"dlq", "audit", "--id", "9223372036854775808"}, `invalid value "9223372036854775808" for flag -id`},
+				{[]string{"dlq", "list", "--after", "-1"}, "--after must not be negative, got -1"},
+			} {
+				args := append(slices.Clone(tc.args), db...)
+				if i := slices.Index(tc.args, "--"); i >= 0 { // the database flags go before it
+					args = slices.Concat(tc.args[:i], db, tc.args[i:])
+				}
+				res := idemWith(t, map[string]string{envNow: testNow}, 5*time.Second, args...)
+				require.Equal(t, 2, res.code, "%q: %s", tc.args, res.stderr)
+				require.Contains(t, res.stderr, tc.want, "%q", tc.args)
+				require.Empty(t, res.stdout, "%q", tc.args)
+				requireInert(t, res.stderr)
+			}
+
+			after := idemWith(t, map[string]string{envNow: testNow}, 5*time.Second, append([]string{"dlq", "list", "--status", "all", "--format", "json"}, db...)...)
+			require.Equal(t, before.stdout, after.stdout, "nothing changed")
+			require.Empty(t, auditOf(t, db), "nothing was written")
+
+			// The largest values that are in range are taken.
+			for _, args := range [][]string{
+				{"dlq", "check", "--max-age", "100000d", "--max-pending", "-1"},
+				{"dlq", "list", "--since", "100000d", "--until", "9999-12-31"},
+				{"dlq", "show", "9223372036854775807"},
+				{"dlq", "audit", "--id", "9223372036854775807", "--after", "9223372036854775807"},
+				{"dedup", "prune", "--retention", "2562047h", "--replay-window", "2562047h"},
+				{"dlq", "resolve", "1", "--reason", strings.Repeat("é", 2048)},
+			} {
+				res := idemWith(t, map[string]string{envNow: testNow}, 5*time.Second, append(args, db...)...)
+				require.NotEqual(t, 2, res.code, "%q: %s", args, res.stderr)
+				require.NotContains(t, res.stderr, "usage", "%q", args)
+			}
+		})
+	}
+}
+
+func TestNULInSQLitePath(t *testing.T) {
+	t.Parallel()
+	for _, db := range []string{"sqlite:idem\x00.db", "idem\x00x.db"} {
+		res := idem(t, "dlq", "report", "--database-url", db)
+		require.Equal(t, 2, res.code, res.stderr)
+		require.Contains(t, res.stderr, "holds a NUL byte")
+		requireInert(t, res.stderr)
 	}
 }

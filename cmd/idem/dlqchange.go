@@ -62,6 +62,12 @@ func prepareChange(e *env, sel *filterFlags, ch *changeFlags, out *outputFlags) 
 	if err != nil {
 		return dlq.Filter{}, err
 	}
+	if err := checkText(e.cmd, "reason", ch.reason); err != nil {
+		return dlq.Filter{}, err
+	}
+	if len(ch.reason) > maxReason {
+		return dlq.Filter{}, usageErrorf(e.cmd, "--reason must be at most %d bytes, got %d", maxReason, len(ch.reason))
+	}
 	if ch.mandatory && strings.TrimSpace(ch.reason) == "" {
 		return dlq.Filter{}, usageErrorf(e.cmd, "--reason is required: say why, for the audit")
 	}

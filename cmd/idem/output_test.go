@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -172,4 +173,13 @@ func TestMetadataKey(t *testing.T) {
 	} {
 		require.Equal(t, want, metadataKey(in), "%q", in)
 	}
+}
+
+func TestExitMessageIsInert(t *testing.T) {
+	t.Parallel()
+	var stderr bytes.Buffer
+	c := &cli{stderr: &stderr, secrets: []string{"s3cret"}}
+	code := c.exit(errors.New("queue \"orders\x1b[2J\u202e\": not found in amqp://guest:s3cret@mq/:\n\tsee s3cret"))
+	require.Equal(t, exitFailure, code)
+	require.Equal(t, "idem: queue \"orders\\x1b[2J\\u202e\": not found in amqp://REDACTED@mq/:\n\tsee REDACTED\n", stderr.String())
 }
