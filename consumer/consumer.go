@@ -206,6 +206,8 @@ func (c Config) validate() error {
 type Consumer struct {
 	cfg       Config
 	backlog   metric.Registration // the dead-letter backlog gauges, or nil
+	inFlight  *middleware.InFlight
+	flights   metric.Registration // the in-flight gauge
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -213,7 +215,9 @@ type Consumer struct {
 // New checks cfg and returns a Consumer. It runs no SQL. When cfg.Store can count its
 // pending dead letters (middleware.DeadLetterBacklog), New registers the gauges
 // idem.dead_letters.pending and idem.dead_letters.oldest_age on cfg.MeterProvider,
-// read from the store at each collection; [Consumer.Close] unregisters them.
+// read from the store at each collection. It also registers the gauge
+// idem.delivery.oldest_in_flight_age, the age of the oldest delivery inside the stack of
+// each of its handlers. [Consumer.Close] unregisters them.
 func New(cfg Config) (*Consumer, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
@@ -222,10 +226,16 @@ func New(cfg Config) (*Consumer, error) {
 	if _, err := middleware.Metrics(middleware.MetricsConfig{MeterProvider: cfg.MeterProvider}); err != nil {
 		return nil, fmt.Errorf("consumer: Config.MeterProvider: %w", err)
 	}
-	c := &Consumer{cfg: cfg}
+	c := &Consumer{cfg: cfg, inFlight: &middleware.InFlight{}}
+	flights, err := middleware.ObserveInFlight(cfg.MeterProvider, c.inFlight)
+	if err != nil {
+		return nil, fmt.Errorf("consumer: Config.MeterProvider: %w", err)
+	}
+	c.flights = flights
 	if b, ok := cfg.Store.(middleware.DeadLetterBacklog); ok {
 		reg, err := middleware.ObserveDeadLetterBacklog(cfg.MeterProvider, b)
 		if err != nil {
+			_ = flights.Unregister()
 			return nil, fmt.Errorf("consumer: Config.MeterProvider: %w", err)
 		}
 		c.backlog = reg
@@ -233,15 +243,19 @@ func New(cfg Config) (*Consumer, error) {
 	return c, nil
 }
 
-// Close unregisters the dead-letter backlog gauges New registered. The Consumer's
-// handlers keep working. Close is safe to call more than once.
+// Close unregisters the gauges New registered (the dead-letter backlog, the oldest
+// delivery in flight). The Consumer's handlers keep working. Close is safe to call
+// more than once.
 func (c *Consumer) Close() error {
 	c.closeOnce.Do(func() {
+		if err := c.flights.Unregister(); err != nil {
+			c.closeErr = fmt.Errorf("consumer: unregister the in-flight gauge: %w", err)
+		}
 		if c.backlog == nil {
 			return
 		}
 		if err := c.backlog.Unregister(); err != nil {
-			c.closeErr = fmt.Errorf("consumer: unregister the dead-letter backlog gauges: %w", err)
+			c.closeErr = errors.Join(c.closeErr, fmt.Errorf("consumer: unregister the dead-letter backlog gauges: %w", err))
 		}
 	})
 	return c.closeErr
@@ -317,7 +331,7 @@ func (c *Consumer) wrap(name string, h message.HandlerFunc, produce func(context
 	})
 	stack := []message.HandlerMiddleware{middleware.Correlation, tracing}
 	// New made the same instruments on the same provider: this cannot fail.
-	if metrics, err := middleware.Metrics(middleware.MetricsConfig{MeterProvider: cfg.MeterProvider, Consumer: name}); err == nil {
+	if metrics, err := middleware.Metrics(middleware.MetricsConfig{MeterProvider: cfg.MeterProvider, Consumer: name, InFlight: c.inFlight}); err == nil {
 		stack = append(stack, metrics)
 	}
 	stack = append(stack, deadLetter)
