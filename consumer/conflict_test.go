@@ -9,6 +9,8 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/require"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/idemkit/idem/consumer"
 	"github.com/idemkit/idem/dedup"
@@ -43,9 +45,11 @@ func TestConflictingDuplicatesAreLogged(t *testing.T) {
 			t.Parallel()
 			bothStores(t, func(t *testing.T, store reviewStore) {
 				var logs lockedBuffer
+				reader := sdkmetric.NewManualReader()
 				c, err := consumer.New(consumer.Config{
 					Store: store, Retry: fastPolicy(), SkipPayloadHash: skip,
-					Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
+					MeterProvider: sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)),
+					Logger:        slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
 				})
 				require.NoError(t, err)
 				var runs int
@@ -56,10 +60,24 @@ func TestConflictingDuplicatesAreLogged(t *testing.T) {
 				require.Empty(t, logs.String(), "a duplicate with the same payload is no conflict")
 				require.NoError(t, deliver(h, newMessage("evt-1", `{"total": 99999}`)), "acked")
 				require.Equal(t, 1, runs, "the conflicting duplicate is skipped")
+				var rm metricdata.ResourceMetrics
+				require.NoError(t, reader.Collect(t.Context(), &rm))
+				var conflicts int64
+				for _, sm := range rm.ScopeMetrics {
+					for _, m := range sm.Metrics {
+						if sum, ok := m.Data.(metricdata.Sum[int64]); ok && m.Name == "idem.duplicates.conflicting" {
+							for _, dp := range sum.DataPoints {
+								conflicts += dp.Value
+							}
+						}
+					}
+				}
 				if skip {
+					require.Zero(t, conflicts)
 					require.Empty(t, logs.String())
 					return
 				}
+				require.Equal(t, int64(1), conflicts, "idem.duplicates.conflicting")
 				out := logs.String()
 				require.Contains(t, out, "conflicting duplicate skipped")
 				require.Contains(t, out, "event_id=evt-1")

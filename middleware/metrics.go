@@ -48,6 +48,8 @@ type MetricsConfig struct {
 //   - idem.claim.duration: time claiming the event in the dedup store, per attempt;
 //   - idem.retries: in-process retries;
 //   - idem.dead_letters: dead letters stored, by reason;
+//   - idem.duplicates.conflicting: duplicates whose payload differs from the
+//     processed event's (see DedupConfig.SkipPayloadHash);
 //   - idem.queue.duration: time from the message's publish stamp (metadata
 //     [PublishedAtKey]) to the delivery entering the stack below, once per delivery.
 //
@@ -100,6 +102,11 @@ func Metrics(cfg MetricsConfig) (message.HandlerMiddleware, error) {
 		metric.WithUnit("{dead_letter}")); err != nil {
 		return nil, fmt.Errorf("middleware: create idem.dead_letters: %w", err)
 	}
+	if m.conflicts, err = meter.Int64Counter("idem.duplicates.conflicting",
+		metric.WithDescription("Duplicates whose payload differs from the processed event's: a producer reused an event ID for other content."),
+		metric.WithUnit("{message}")); err != nil {
+		return nil, fmt.Errorf("middleware: create idem.duplicates.conflicting: %w", err)
+	}
 	if m.queue, err = meter.Float64Histogram("idem.queue.duration",
 		metric.WithDescription("Time from a message's publish stamp to a consumer taking it: the outbox, the relay and the broker."),
 		metric.WithUnit("s"), metric.WithExplicitBucketBoundaries(queueBuckets...)); err != nil {
@@ -116,6 +123,7 @@ type meters struct {
 	claim       metric.Float64Histogram
 	retries     metric.Int64Counter
 	deadLetters metric.Int64Counter
+	conflicts   metric.Int64Counter
 	queue       metric.Float64Histogram
 	inFlight    *InFlight
 	flights     *flights // inFlight's for consumer, when both are configured
@@ -242,6 +250,9 @@ func (m *meters) middleware(h message.HandlerFunc) message.HandlerFunc {
 		}
 		if d.retries > 0 {
 			m.retries.Add(ctx, int64(d.retries), s.base.add...)
+		}
+		if d.conflict {
+			m.conflicts.Add(ctx, 1, s.base.add...)
 		}
 		if outcome == dedup.DeadLettered && d.letter != nil {
 			m.deadLetters.Add(ctx, 1, s.forReason(d.letter.Reason).add...)
