@@ -5,7 +5,8 @@
 // describes each transport's behaviour and the settings the tests use.
 //
 // It is not one of idem's core packages: it imports the broker clients it configures
-// (watermill-amqp and amqp091-go), so import it only if you use them.
+// (watermill-amqp and amqp091-go, watermill-nats and nats.go), so import it only if you
+// use them.
 //
 // # RabbitMQ
 //
@@ -16,6 +17,18 @@
 //	cfg := transports.AMQPQuorumConfig("amqp://guest:guest@127.0.0.1:5672/")
 //	pub, err := amqp.NewPublisher(cfg, logger)
 //	sub, err := amqp.NewSubscriber(cfg, logger)
+//
+// # NATS JetStream
+//
+// NATSJetStreamConfig returns, for one idem consumer, the durable push consumer that its
+// replicas share (to create at deploy time), watermill-nats subscriber and publisher
+// configurations that bind to it with manual, confirmed acks, and the ack deadline to
+// give consumer.Config:
+//
+//	n, err := transports.NATSJetStreamConfig(transports.NATSConfig{Stream: "orders", Consumer: "billing"})
+//	_, err = js.AddConsumer("orders", n.Consumer) // at deploy time
+//	sub, err := natspub.NewSubscriber(n.Subscriber, logger)
+//	c, err := consumer.New(consumer.Config{Store: store, AckDeadline: n.AckDeadline})
 //
 // # What the tests check
 //
@@ -31,6 +44,12 @@
 // private nats-server or redis-server on a free port) in the middle of consumption and
 // start it again: the subscribers recover by themselves, and each effect still commits
 // once.
+//
+// TestNATSJetStreamConfig checks NATSJetStreamConfig's subscribers on a NATS server: two
+// replicas share the durable and each message reaches one of them, the durable outlives
+// the replica that stops first, a nack is redelivered, a message acked before a restart
+// is not delivered again while one unfinished at shutdown is, subscribing never creates
+// the durable, and an AckWait other than the deployed consumer's is refused.
 //
 // # Running
 //

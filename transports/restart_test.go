@@ -46,8 +46,7 @@ func TestNATSRestart(t *testing.T) {
 	srv := startPrivateServer(t, "nats-server", func(port int, dir string) []string {
 		return []string{"-a", "127.0.0.1", "-p", strconv.Itoa(port), "-js", "-sd", dir}
 	})
-	runRestartScenario(t, srv, natsBroker(t, "nats://"+srv.addr, func(cc *nats.ConsumerConfig) {
-		cc.AckWait = restartNATSAckWait
+	runRestartScenario(t, srv, natsBroker(t, "nats://"+srv.addr, restartNATSAckWait, func(cc *nats.ConsumerConfig) {
 		// Few deliveries in flight, so that most of the stream is delivered after the restart.
 		cc.MaxAckPending = 4
 	}))
