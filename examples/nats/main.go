@@ -1,6 +1,7 @@
 // Nats runs idem's whole stack on NATS JetStream: a Watermill router consumes a stream
 // on file storage through a durable push consumer created up front (as at deploy time)
-// and bound to with nats.Bind and nats.ManualAck, through consumer.New.
+// and bound to with manual acks, as transports.NATSJetStreamConfig configures them,
+// through consumer.New.
 //
 //	go run ./examples/nats                                         # NATS on localhost, a SQLite file
 //	IDEM_DATABASE_URL=postgres://… go run ./examples/nats           # the PostgreSQL store instead
@@ -35,6 +36,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/idemkit/idem/examples/internal/demo"
+	"github.com/idemkit/idem/transports"
 )
 
 func main() {
@@ -46,11 +48,6 @@ func main() {
 		os.Exit(1)
 	}
 }
-
-// ackWait is the durable consumer's AckWait: the server redelivers a message not acked
-// within it. It is the ack deadline given to consumer.Config.AckDeadline, and
-// watermill-nats' AckWaitTimeout.
-const ackWait = 30 * time.Second
 
 type options struct {
 	brokerURL string
@@ -90,21 +87,26 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	}
 	defer st.Close()
 
-	// The broker: a stream on file storage and a durable consumer shared by all
-	// replicas, created before the first publish (at deploy time in production), never
-	// by a subscriber: nats.go deletes a consumer its own Subscribe created when that
-	// subscription ends. The stream is deleted at the end.
-	connect := func() (*nats.Conn, error) {
-		conn, err := nats.Connect(opts.brokerURL, nats.Name("idem-example"), nats.Timeout(5*time.Second),
-			nats.MaxReconnects(-1), nats.ReconnectWait(time.Second))
-		if err != nil {
-			return nil, fmt.Errorf("connect to NATS: %w", err)
-		}
-		return conn, nil
-	}
-	admin, err := connect()
+	// The broker: a stream on file storage and the durable consumer that all replicas
+	// share, created before the first publish (at deploy time in production), never by
+	// a subscriber: nats.go deletes a consumer its own Subscribe created when that
+	// subscription ends. transports.NATSJetStreamConfig gives the consumer and the
+	// watermill-nats configurations that bind to it with manual acks. The stream is
+	// deleted at the end.
+	n, err := transports.NATSJetStreamConfig(transports.NATSConfig{
+		URL:      opts.brokerURL,
+		Stream:   opts.stream,
+		Consumer: demo.ConsumerName,
+	})
 	if err != nil {
 		return err
+	}
+	connOpts := []nats.Option{nats.Name("idem-example"), nats.Timeout(5 * time.Second), nats.ReconnectWait(time.Second)}
+	n.Subscriber.NatsOptions = append(n.Subscriber.NatsOptions, connOpts...)
+	n.Publisher.NatsOptions = append(n.Publisher.NatsOptions, connOpts...)
+	admin, err := nats.Connect(opts.brokerURL, connOpts...)
+	if err != nil {
+		return fmt.Errorf("connect to NATS: %w", err)
 	}
 	defer admin.Close()
 	js, err := admin.JetStream()
@@ -125,58 +127,26 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 		}
 		fmt.Fprintf(stdout, "stream %s deleted (%s messages unacknowledged)\n", opts.stream, left)
 	}()
-	if _, err := js.AddConsumer(opts.stream, &nats.ConsumerConfig{
-		Durable:        demo.ConsumerName,
-		DeliverSubject: nats.NewInbox(),
-		DeliverGroup:   demo.ConsumerName,
-		DeliverPolicy:  nats.DeliverAllPolicy,
-		AckPolicy:      nats.AckExplicitPolicy,
-		AckWait:        ackWait,
-		MaxDeliver:     -1, // idem bounds attempts; a JetStream limit would drop messages silently
-	}); err != nil {
+	if _, err := js.AddConsumer(opts.stream, n.Consumer); err != nil {
 		return fmt.Errorf("create durable consumer %s: %w", demo.ConsumerName, err)
 	}
 	logger := watermill.NopLogger{}
-	subConn, err := connect()
+	sub, err := natspub.NewSubscriber(n.Subscriber, logger)
 	if err != nil {
 		return err
 	}
-	sub, err := natspub.NewSubscriberWithNatsConn(subConn, natspub.SubscriberSubscriptionConfig{
-		Unmarshaler:      &natspub.NATSMarshaler{},
-		QueueGroupPrefix: demo.ConsumerName,
-		AckWaitTimeout:   ackWait,
-		CloseTimeout:     10 * time.Second,
-		JetStream: natspub.JetStreamConfig{
-			DurablePrefix: demo.ConsumerName,
-			// ManualAck: without it nats.go acks a message when watermill-nats gives up
-			// waiting for the handler, outcome or not.
-			SubscribeOptions: []nats.SubOpt{nats.Bind(opts.stream, demo.ConsumerName), nats.ManualAck()},
-		},
-	}, logger)
-	if err != nil {
-		subConn.Close()
-		return err
-	}
-	defer sub.Close() // closes subConn
-	pubConn, err := connect()
+	defer sub.Close()
+	pub, err := natspub.NewPublisher(n.Publisher, logger)
 	if err != nil {
 		return err
 	}
-	pub, err := natspub.NewPublisherWithNatsConn(pubConn, natspub.PublisherPublishConfig{
-		Marshaler:         &natspub.NATSMarshaler{},
-		SubjectCalculator: natspub.DefaultSubjectCalculator,
-	}, logger)
-	if err != nil {
-		pubConn.Close()
-		return err
-	}
-	defer pub.Close() // closes pubConn
+	defer pub.Close()
 
 	return demo.Run(ctx, stdout, demo.Broker{
 		Title:       "NATS JetStream: stream " + opts.stream,
 		System:      "nats",
 		Topic:       opts.stream,
-		AckDeadline: ackWait,
+		AckDeadline: n.AckDeadline,
 		Subscriber:  sub,
 		Publisher:   pub,
 	}, st)
