@@ -44,8 +44,8 @@ var (
 		`(?:(?:bearer|basic|digest|token|negotiate|ntlm|apikey|dpop|aws4-hmac-sha256)\s+)?([^\s"',;]+)`)
 
 	// bearerRE matches "Bearer token" and "Basic credentials" anywhere; group 1 is the
-	// scheme and group 2 the credential.
-	bearerRE = regexp.MustCompile(`(?i)\b(bearer|basic)\s+([a-z0-9\-._~+/]+=*)`)
+	// scheme and group 2 the credential, = signs included, not only trailing ones.
+	bearerRE = regexp.MustCompile(`(?i)\b(bearer|basic)\s+([a-z0-9\-._~+/][a-z0-9\-._~+/=]*)`)
 
 	// cookieRE matches a Cookie or Set-Cookie header; group 1 is its value, to the end
 	// of the line or a double quote.

@@ -107,6 +107,12 @@ func TestScrubError(t *testing.T) {
 				want:    "Bearer REDACTED rejected",
 			},
 			{
+				name:    "BearerTokenWithEquals",
+				in:      "Bearer abc=def=: rejected",
+				secrets: []string{"abc", "def"},
+				want:    "Bearer REDACTED: rejected",
+			},
+			{
 				name:    "AuthorizationBasic",
 				in:      "Authorization: Basic xyz",
 				secrets: []string{"xyz"},
