@@ -1,7 +1,6 @@
 package dlq
 
 import (
-	"regexp"
 	"slices"
 	"strings"
 	"unicode/utf8"
@@ -26,49 +25,6 @@ const (
 	redacted = "REDACTED"
 	// truncatedMarker ends text that ScrubError cut short.
 	truncatedMarker = "…(truncated)"
-)
-
-var (
-	// urlPasswordRE matches scheme://user:password@; group 1 is the password, up to the
-	// last @ before white space or a quote, so that a password with an unescaped @ is
-	// redacted whole.
-	urlPasswordRE = regexp.MustCompile(`(?i)\b[a-z][a-z0-9+.\-]*://[^\s:/?#@"'<>` + "`" + `]*:([^\s"'<>` + "`" + `]*)@`)
-
-	// mysqlDSNRE matches the Go MySQL driver's DSN, user:password@tcp(host)/db or
-	// user:password@/db; group 1 is the password.
-	mysqlDSNRE = regexp.MustCompile(`(?i)(?:^|[\s"'=(,;])[^\s:/@"'<>()]+:([^\s"'<>]*)@(?:[a-z0-9]*\(|/)`)
-
-	// authHeaderRE matches an Authorization header with an optional scheme; group 1 is
-	// the credential.
-	authHeaderRE = regexp.MustCompile(`(?i)\b(?:proxy-)?authorization"?\s*[:=]\s*"?` +
-		`(?:(?:bearer|basic|digest|token|negotiate|ntlm|apikey|dpop|aws4-hmac-sha256)\s+)?([^\s"',;]+)`)
-
-	// bearerRE matches "Bearer token" and "Basic credentials" anywhere; group 1 is the
-	// scheme and group 2 the credential, = signs included, not only trailing ones.
-	bearerRE = regexp.MustCompile(`(?i)\b(bearer|basic)\s+([a-z0-9\-._~+/][a-z0-9\-._~+/=]*)`)
-
-	// cookieRE matches a Cookie or Set-Cookie header; group 1 is its value, to the end
-	// of the line or a double quote.
-	cookieRE = regexp.MustCompile(`(?i)\b(?:set-)?cookie"?\s*:\s*([^\r\n"]+)`)
-
-	// jsonPairRE matches a JSON string member, "key": "value"; group 1 is the key and
-	// group 2 the value, to the end of the text when its closing quote is missing.
-	jsonPairRE = regexp.MustCompile(`"([^"\\]{1,256})"\s*:\s*"((?:[^"\\]|\\.)*)"?`)
-
-	// pairKeyRE matches the key and separator of key=value (spaces allowed around =)
-	// and key:value (no spaces, as %+v prints struct fields); group 1 is the key.
-	// redactPairs reads the value itself, so that no search runs past the next key.
-	pairKeyRE = regexp.MustCompile(`(?i)(?:^|[^a-z0-9_.\-])([a-z0-9_.\-]+)(?:\s*=\s*|:)`)
-
-	// jwtRE matches a JSON Web Token.
-	jwtRE = regexp.MustCompile(`\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*`)
-
-	// awsKeyRE matches AWS access key IDs, long-term (AKIA) and temporary (ASIA).
-	awsKeyRE = regexp.MustCompile(`(?:AKIA|ASIA)[0-9A-Z]{16}`)
-
-	// privateKeyRE matches a PEM private key block, or its beginning when the text was
-	// cut before its end.
-	privateKeyRE = regexp.MustCompile(`(?s)-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|$)`)
 )
 
 // ScrubError returns the error text s with secrets replaced by the word REDACTED,
@@ -100,45 +56,13 @@ func ScrubError(s string, max int) string {
 		max = DefaultMaxErrorLength
 	}
 	s = strings.ToValidUTF8(s, "\uFFFD")
-	s = redactGroups(s, privateKeyRE, 0, nil)
-	s = redactGroups(s, urlPasswordRE, 1, nil)
-	s = redactGroups(s, mysqlDSNRE, 1, nil)
-	s = redactGroups(s, authHeaderRE, 1, nil)
-	s = redactGroups(s, bearerRE, 2, credentialAfterScheme)
-	s = redactGroups(s, cookieRE, 1, nil)
-	s = redactGroups(s, jsonPairRE, 2, func(s string, m []int) bool {
-		return isSecretParam(s[m[2]:m[3]])
-	})
-	s = redactPairs(s)
-	s = redactGroups(s, jwtRE, 0, nil)
-	s = redactGroups(s, awsKeyRE, 0, nil)
-	return truncate(s, max)
-}
-
-// redactGroups replaces submatch group of every match of re in s by REDACTED, when
-// keep is nil or reports true for the match m (as FindAllStringSubmatchIndex returns
-// it).
-func redactGroups(s string, re *regexp.Regexp, group int, keep func(s string, m []int) bool) string {
-	matches := re.FindAllStringSubmatchIndex(s, -1)
-	if matches == nil {
-		return s
-	}
-	var b strings.Builder
-	last := 0
-	for _, m := range matches {
-		start, end := m[2*group], m[2*group+1]
-		if start < 0 || (keep != nil && !keep(s, m)) {
-			continue
+	folded := foldCase(s)
+	for i := range scrubPatterns {
+		if r := scrubPatterns[i].scrub(s, folded); r != s {
+			s, folded = r, foldCase(r)
 		}
-		b.WriteString(s[last:start])
-		b.WriteString(redacted)
-		last = end
 	}
-	if last == 0 && b.Len() == 0 {
-		return s
-	}
-	b.WriteString(s[last:])
-	return b.String()
+	return truncate(s, max)
 }
 
 // credentialAfterScheme reports whether a bearerRE match is a credential. After
@@ -166,14 +90,11 @@ func redactPairs(s string) string {
 	var b strings.Builder
 	pos, last := 0, 0
 	for pos < len(s) {
-		// Searching s[pos:] lets ^ stand for the separator or terminator before pos.
-		m := pairKeyRE.FindStringSubmatchIndex(s[pos:])
-		if m == nil {
+		keyAt, keyEnd, valueAt, ok := nextPair(s, pos)
+		if !ok {
 			break
 		}
-		key := s[pos+m[2] : pos+m[3]]
-		valueAt := pos + m[1]
-		if !isSecretParam(key) {
+		if !isSecretParam(s[keyAt:keyEnd]) {
 			pos = valueAt
 			continue
 		}
@@ -194,6 +115,65 @@ func redactPairs(s string) string {
 	b.WriteString(s[last:])
 	return b.String()
 }
+
+// nextPair finds the first pair at or after pos in s: a key, a run of ASCII letters,
+// digits, _, . and - (or of the Kelvin sign and the long s, which match k and s in
+// any case) that starts at pos or after another byte, followed by = (with white space
+// allowed around it) or by :. It returns the bounds of the key and where its value
+// starts. A byte loop rather than a regexp:
+// redactPairs calls it once per key.
+func nextPair(s string, pos int) (keyAt, keyEnd, valueAt int, ok bool) {
+	for j := pos; j < len(s); j++ {
+		i := strings.IndexAny(s[j:], "=:")
+		if i < 0 {
+			break
+		}
+		j += i
+		keyEnd = j
+		if s[j] == '=' {
+			for keyEnd > pos && isRegexpSpace(s[keyEnd-1]) {
+				keyEnd--
+			}
+		}
+		if keyAt = pairKeyStart(s, pos, keyEnd); keyAt == keyEnd {
+			continue
+		}
+		valueAt = j + 1
+		if s[j] == '=' {
+			for valueAt < len(s) && isRegexpSpace(s[valueAt]) {
+				valueAt++
+			}
+		}
+		return keyAt, keyEnd, valueAt, true
+	}
+	return 0, 0, 0, false
+}
+
+// pairKeyStart returns where the key that ends at end in s starts, at pos at the
+// earliest.
+func pairKeyStart(s string, pos, end int) int {
+	for end > pos {
+		switch {
+		case isPairKeyByte(s[end-1]):
+			end--
+		case strings.HasSuffix(s[pos:end], "\u212a"):
+			end -= len("\u212a")
+		case strings.HasSuffix(s[pos:end], "\u017f"):
+			end -= len("\u017f")
+		default:
+			return end
+		}
+	}
+	return end
+}
+
+// isPairKeyByte reports whether c is an ASCII byte of a key, as nextPair reads it.
+func isPairKeyByte(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '.' || c == '-'
+}
+
+// isRegexpSpace reports whether c is one of regexpSpaces.
+func isRegexpSpace(c byte) bool { return strings.IndexByte(regexpSpaces, c) >= 0 }
 
 // pairValue returns the bounds of the value that starts at i in s, as redactPairs
 // describes it, and where to search for the next pair: after the value's closing

