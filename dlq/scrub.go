@@ -34,21 +34,32 @@ const (
 //     postgres://user:REDACTED@host, and so does the MySQL driver's user:secret@tcp(host)/db;
 //   - key=value passwords and secrets, quoted or not, in any case: password=, passwd=,
 //     pwd=, pass=, and any key that [IsSecretKey] reports, such as token=, access_token=,
-//     api_key=, apikey=, secret=, client_secret=, signature=, as well as sig=; likewise
-//     "key": "value" JSON members and Key:value fields as %+v prints them;
-//   - Authorization header values (Authorization: Basic xyz becomes
-//     Authorization: Basic REDACTED), Bearer and Basic credentials anywhere
+//     api_key=, apikey=, secret=, client_secret=, signature=, AWS_SECRET_ACCESS_KEY=,
+//     AWS_SESSION_TOKEN=, DB_PASSWORD=, as well as sig=; likewise "key": "value" JSON
+//     members and Key:value fields as %+v prints them;
+//   - YAML's key: value, for a key that looks secret as above and ends in password,
+//     passwd, passphrase, pwd, pass, secret, token, key, credential(s), signature or
+//     sig (password:, client_secret:, access_token:, api_key:, but not tokens: or
+//     token_count:), where YAML puts a key: at the start of a line, after indentation
+//     or a list's "- " (the value is then the rest of the line), after { or , (it ends
+//     at , } or ]), or after ": " as an error chain nests it (it is one word);
+//   - Authorization and Proxy-Authorization header values (Authorization: Basic xyz
+//     becomes Authorization: Basic REDACTED), Bearer and Basic credentials anywhere
 //     (Bearer abc.def becomes Bearer REDACTED; a plain word after Basic or a
-//     lower-case bearer is prose and stays, as in "bearer token expired"), and Cookie
-//     header values;
+//     lower-case bearer is prose and stays, as in "bearer token expired"), Cookie
+//     header values, other credential headers, Name: value with a hyphenated name that
+//     looks secret as above (X-Api-Key, Api-Key, X-Auth-Token, X-Amz-Security-Token,
+//     Private-Token, X-Vault-Token), and environment variables written the same way
+//     (AWS_SECRET_ACCESS_KEY: value);
 //   - JSON Web Tokens, PEM private keys and AWS access key IDs (AKIA…, ASIA…).
 //
 // Scrubbing is best-effort: it catches the forms above, not every secret a message
 // could hold. Where a form is ambiguous it redacts more than the secret rather than
-// less. Invalid UTF-8 is replaced by U+FFFD. Secrets are redacted before truncation,
-// which never splits a UTF-8 sequence and ends the text with "…(truncated)" within
-// max bytes (or cuts without the marker when max is shorter than it). Stacks do not
-// belong in s: they stay in logs and spans.
+// less: a line such as "password: must be 8 characters" loses its message. Invalid
+// UTF-8 is replaced by U+FFFD. Secrets are redacted before truncation, which never
+// splits a UTF-8 sequence and ends the text with "…(truncated)" within max bytes (or
+// cuts without the marker when max is shorter than it). Stacks do not belong in s:
+// they stay in logs and spans.
 //
 // ScrubError is safe for concurrent use.
 func ScrubError(s string, max int) string {
@@ -79,13 +90,15 @@ func credentialAfterScheme(s string, m []int) bool {
 
 func isASCIILetter(c byte) bool { return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' }
 
-// redactPairs redacts the values of the key=value and Key:value pairs in s whose key
-// looks secret. A value is double-quoted, single-quoted (to the end of s when its
-// closing quote is missing, as in text cut short) or bare: up to white space, &, a
-// quote or an angle bracket, without trailing colons, commas and semicolons, so that
-// "url?api_key=x: 403" and "Pwd=x;" keep their punctuation. Pairs are searched for
-// again from the start of each value whose key is not secret, so that msg="token=x"
-// and err:token=x are redacted too.
+// redactPairs redacts the values of the key=value, Key:value and key: value pairs in
+// s whose key looks secret. A value is double-quoted, single-quoted (to the end of s
+// when its closing quote is missing, as in text cut short) or bare: up to white space,
+// &, a quote or an angle bracket, without trailing colons, commas and semicolons, so
+// that "url?api_key=x: 403" and "Pwd=x;" keep their punctuation. key: value, with
+// white space after the colon, is read as YAML only where yamlValue finds YAML, so
+// that "invalid password: connection refused" stays. Pairs are searched for again
+// from the start of each value whose key is not secret, so that msg="token=x" and
+// err:token=x are redacted too.
 func redactPairs(s string) string {
 	var b strings.Builder
 	pos, last := 0, 0
@@ -94,11 +107,21 @@ func redactPairs(s string) string {
 		if !ok {
 			break
 		}
-		if !isSecretParam(s[keyAt:keyEnd]) {
+		key := s[keyAt:keyEnd]
+		if !isSecretParam(key) {
 			pos = valueAt
 			continue
 		}
-		vs, ve, next := pairValue(s, valueAt)
+		var vs, ve, next int
+		if s[keyEnd] == ':' && valueAt > keyEnd+1 {
+			var ok bool
+			if vs, ve, next, ok = yamlValue(s, key, keyAt, valueAt); !ok {
+				pos = valueAt
+				continue
+			}
+		} else {
+			vs, ve, next = pairValue(s, valueAt)
+		}
 		pos = next
 		if v := s[vs:ve]; v == "" || v == redacted || strings.HasPrefix(v, redacted+"@") {
 			// Nothing to redact, or already redacted, as the password of
@@ -119,8 +142,8 @@ func redactPairs(s string) string {
 // nextPair finds the first pair at or after pos in s: a key, a run of ASCII letters,
 // digits, _, . and - (or of the Kelvin sign and the long s, which match k and s in
 // any case) that starts at pos or after another byte, followed by = (with white space
-// allowed around it) or by :. It returns the bounds of the key and where its value
-// starts. A byte loop rather than a regexp:
+// allowed around it) or by : (with spaces and tabs allowed after it). It returns the
+// bounds of the key and where its value starts. A byte loop rather than a regexp:
 // redactPairs calls it once per key.
 func nextPair(s string, pos int) (keyAt, keyEnd, valueAt int, ok bool) {
 	for j := pos; j < len(s); j++ {
@@ -141,6 +164,10 @@ func nextPair(s string, pos int) (keyAt, keyEnd, valueAt int, ok bool) {
 		valueAt = j + 1
 		if s[j] == '=' {
 			for valueAt < len(s) && isRegexpSpace(s[valueAt]) {
+				valueAt++
+			}
+		} else {
+			for valueAt < len(s) && (s[valueAt] == ' ' || s[valueAt] == '\t') {
 				valueAt++
 			}
 		}
@@ -174,6 +201,69 @@ func isPairKeyByte(c byte) bool {
 
 // isRegexpSpace reports whether c is one of regexpSpaces.
 func isRegexpSpace(c byte) bool { return strings.IndexByte(regexpSpaces, c) >= 0 }
+
+// yamlSecretEnds are the endings of the keys whose YAML values yamlValue reads:
+// access_token and api_key, but not tokens or token_count.
+var yamlSecretEnds = []string{
+	"password", "passwd", "passphrase", "pwd", "pass", "secret", "token", "key",
+	"credential", "credentials", "signature", "sig",
+}
+
+// yamlValue returns the bounds of the value of "key: value" in s, where the key
+// starts at keyAt and the value at valueAt, and where to search for the next pair, as
+// pairValue does; ok is false when the key is not a secret YAML key or does not stand
+// where YAML puts one. A quoted value is read as pairValue reads it. A bare value is
+// the rest of the line when the key starts a line (after indentation and a list's
+// "- "), ends at a comma, closing brace or bracket when the key follows { or , as in
+// {user: bob, password: x}, and is one word, as pairValue reads it, when the key
+// follows ": " as in an error chain, config: password: x.
+func yamlValue(s, key string, keyAt, valueAt int) (start, end, next int, ok bool) {
+	k := strings.ToLower(key)
+	if !slices.ContainsFunc(yamlSecretEnds, func(e string) bool { return strings.HasSuffix(k, e) }) {
+		return 0, 0, 0, false
+	}
+	// Look back past the white space before the key, and a list's dash.
+	i := keyAt
+	for i > 0 && (s[i-1] == ' ' || s[i-1] == '\t') {
+		i--
+	}
+	spaced := i < keyAt
+	lineStart := func(i int) bool { return i == 0 || s[i-1] == '\n' || s[i-1] == '\r' }
+	if spaced && i > 0 && s[i-1] == '-' {
+		j := i - 1
+		for j > 0 && (s[j-1] == ' ' || s[j-1] == '\t') {
+			j--
+		}
+		if lineStart(j) {
+			i = j
+		}
+	}
+	var stops string
+	switch {
+	case lineStart(i):
+		stops = "\r\n"
+	case s[i-1] == '{' || s[i-1] == ',':
+		stops = ",}]\r\n"
+	case s[i-1] == ':' && spaced:
+		start, end, next = pairValue(s, valueAt)
+		return start, end, next, true
+	default:
+		return 0, 0, 0, false
+	}
+	if valueAt < len(s) && (s[valueAt] == '"' || s[valueAt] == '\'') {
+		start, end, next = pairValue(s, valueAt)
+		return start, end, next, true
+	}
+	end = valueAt
+	for end < len(s) && strings.IndexByte(stops, s[end]) < 0 {
+		end++
+	}
+	next = end
+	for end > valueAt && (s[end-1] == ' ' || s[end-1] == '\t') {
+		end--
+	}
+	return valueAt, end, next, true
+}
 
 // pairValue returns the bounds of the value that starts at i in s, as redactPairs
 // describes it, and where to search for the next pair: after the value's closing

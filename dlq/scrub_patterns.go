@@ -80,6 +80,23 @@ var scrubPatterns = []scrubPattern{
 		group: 1,
 	},
 	{
+		// A credential header, Name: value, whose hyphenated name isSecretParam
+		// reports (X-Api-Key, Api-Key, X-Auth-Token, X-Amz-Security-Token,
+		// Private-Token, X-Vault-Token), or an environment variable written so
+		// (AWS_SECRET_ACCESS_KEY: value); group 2 is the value, without a trailing
+		// colon. Authorization and cookies have patterns of their own.
+		name:  "CredentialHeader",
+		hints: secretParamHints,
+		re: regexp.MustCompile(`(?:^|[^A-Za-z0-9_\-])((?i:[a-z0-9]+(?:-[a-z0-9]+)+)|[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)` +
+			`"?[ \t]*:[ \t]*"?([^\s"',;]*[^\s"',;:])`),
+		group: 2,
+		keep: func(s string, m []int) bool {
+			name := strings.ToLower(s[m[2]:m[3]])
+			return isSecretParam(name) && !strings.Contains(name, "authorization") &&
+				!strings.Contains(name, "cookie") && !strings.HasPrefix(s[m[4]:m[5]], redacted)
+		},
+	},
+	{
 		// "Bearer token" and "Basic credentials" anywhere; group 1 is the scheme and
 		// group 2 the credential, = signs included, not only trailing ones.
 		name:  "BearerOrBasic",
@@ -107,7 +124,7 @@ var scrubPatterns = []scrubPattern{
 		keep:  func(s string, m []int) bool { return isSecretParam(s[m[2]:m[3]]) },
 	},
 	{
-		// key=value and Key:value, as redactPairs describes them.
+		// key=value, Key:value and YAML's key: value, as redactPairs describes them.
 		name:   "KeyValue",
 		hints:  secretParamHints,
 		redact: redactPairs,

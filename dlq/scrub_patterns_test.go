@@ -105,7 +105,7 @@ func TestScrubPatterns(t *testing.T) {
 
 // pairKeyRE is the regexp that nextPair implements, searched for in s[pos:] so that ^
 // stands for the separator or terminator before pos: group 1 is the key.
-var pairKeyRE = regexp.MustCompile(`(?i)(?:^|[^a-z0-9_.\-])([a-z0-9_.\-]+)(?:\s*=\s*|:)`)
+var pairKeyRE = regexp.MustCompile(`(?i)(?:^|[^a-z0-9_.\-])([a-z0-9_.\-]+)(?:\s*=\s*|:[ \t]*)`)
 
 // checkNextPair checks that nextPair finds in s what pairKeyRE does, from every
 // position.

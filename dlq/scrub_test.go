@@ -190,6 +190,114 @@ var scrubSecretTests = []struct {
 		in:      "postgres://a:pw1@h/db password=pw2 Bearer pw3 AKIAABCDEFGHIJKLMNOP",
 		secrets: []string{"pw1", "pw2", "pw3", "AKIAABCDEFGHIJKLMNOP"},
 	},
+	{
+		name:    "YAMLPassword",
+		in:      "password: hunter2",
+		secrets: []string{"hunter2"},
+		want:    "password: REDACTED",
+	},
+	{
+		name:    "YAMLPass",
+		in:      "smtp:\n  user: bob\n  pass: hunter2",
+		secrets: []string{"hunter2"},
+		want:    "smtp:\n  user: bob\n  pass: REDACTED",
+	},
+	{
+		name:    "YAMLBlock",
+		in:      "invalid config:\n  host: db\n  password: correct horse battery\n  port: 5432",
+		secrets: []string{"correct", "horse", "battery"},
+		want:    "invalid config:\n  host: db\n  password: REDACTED\n  port: 5432",
+	},
+	{
+		name:    "YAMLSecretQuoted",
+		in:      "  client_secret: 'with space' # prod\r\n  region: eu",
+		secrets: []string{"with space"},
+		want:    "  client_secret: 'REDACTED' # prod\r\n  region: eu",
+	},
+	{
+		name:    "YAMLListItem",
+		in:      "tokens:\n  - token: t0kenV4lue\n  - access_token: t0kenV4lu2",
+		secrets: []string{"t0kenV4lue", "t0kenV4lu2"},
+		want:    "tokens:\n  - token: REDACTED\n  - access_token: REDACTED",
+	},
+	{
+		name:    "YAMLFlow",
+		in:      "decode {user: bob, password: fl0w PW, api_key: fl0wK3y}: bad",
+		secrets: []string{"fl0w", "PW", "fl0wK3y"},
+		want:    "decode {user: bob, password: REDACTED, api_key: REDACTED}: bad",
+	},
+	{
+		name:    "YAMLInErrorChain",
+		in:      "load config: secret: s3cr3tV4l rejected; auth: token: t0kV4l",
+		secrets: []string{"s3cr3tV4l", "t0kV4l"},
+		want:    "load config: secret: REDACTED rejected; auth: token: REDACTED",
+	},
+	{
+		name:    "XAPIKeyHeader",
+		in:      "GET /v1/orders with X-Api-Key: k3yV4lue: 401",
+		secrets: []string{"k3yV4lue"},
+		want:    "GET /v1/orders with X-Api-Key: REDACTED: 401",
+	},
+	{
+		name:    "XAuthTokenHeader",
+		in:      "request headers: x-auth-token: aut0kV4l, accept: */*",
+		secrets: []string{"aut0kV4l"},
+		want:    "request headers: x-auth-token: REDACTED, accept: */*",
+	},
+	{
+		name:    "XAmzSecurityTokenHeader",
+		in:      `sent "X-Amz-Security-Token": IQoJb3JpZ2luX2VjE rejected`,
+		secrets: []string{"IQoJb3JpZ2luX2VjE"},
+		want:    `sent "X-Amz-Security-Token": REDACTED rejected`,
+	},
+	{
+		name:    "APIKeyHeader",
+		in:      "upstream said 403 to Api-Key: ak_9f8e7d6c",
+		secrets: []string{"ak_9f8e7d6c"},
+		want:    "upstream said 403 to Api-Key: REDACTED",
+	},
+	{
+		name:    "PrivateTokenHeader",
+		in:      "gitlab: Private-Token: pr1vT0k rejected",
+		secrets: []string{"pr1vT0k"},
+		want:    "gitlab: Private-Token: REDACTED rejected",
+	},
+	{
+		name:    "XVaultTokenHeader",
+		in:      "vault: 403 for X-Vault-Token: hvs.CAESIJ0",
+		secrets: []string{"hvs.CAESIJ0"},
+		want:    "vault: 403 for X-Vault-Token: REDACTED",
+	},
+	{
+		name:    "ProxyAuthorizationHeader",
+		in:      "proxy: Proxy-Authorization: Basic dXNlcjpwYXNz refused",
+		secrets: []string{"dXNlcjpwYXNz"},
+		want:    "proxy: Proxy-Authorization: Basic REDACTED refused",
+	},
+	{
+		name:    "EnvSecretAccessKey",
+		in:      "env AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY AWS_REGION=eu-west-1",
+		secrets: []string{"wJalrXUtnFEMI"},
+		want:    "env AWS_SECRET_ACCESS_KEY=REDACTED AWS_REGION=eu-west-1",
+	},
+	{
+		name:    "EnvSecretAccessKeyColon",
+		in:      "bad env AWS_SECRET_ACCESS_KEY: wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY, AWS_SESSION_TOKEN: FwoGZXIvYXdzE",
+		secrets: []string{"wJalrXUtnFEMI", "FwoGZXIvYXdzE"},
+		want:    "bad env AWS_SECRET_ACCESS_KEY: REDACTED, AWS_SESSION_TOKEN: REDACTED",
+	},
+	{
+		name:    "EnvSessionTokenAndPassword",
+		in:      "AWS_SESSION_TOKEN=FwoGZXIvYXdzE DB_PASSWORD=dbPassW0rd",
+		secrets: []string{"FwoGZXIvYXdzE", "dbPassW0rd"},
+		want:    "AWS_SESSION_TOKEN=REDACTED DB_PASSWORD=REDACTED",
+	},
+	{
+		name:    "EnvDatabaseURL",
+		in:      "DATABASE_URL=postgres://u:p4ss@h/app",
+		secrets: []string{"p4ss"},
+		want:    "DATABASE_URL=postgres://u:REDACTED@h/app",
+	},
 }
 
 // scrubNoFalsePositives are texts without secrets, which ScrubError must keep as they
@@ -205,6 +313,15 @@ var scrubNoFalsePositives = []string{
 	"dial tcp 10.0.0.1:5432: i/o timeout",
 	"GET https://api.example.com:443/v1/orders?page=2&limit=50: 503",
 	"max_retries=3 sslmode=disable",
+	"password expired for user bob",
+	"tokens: 3 used",
+	"max_tokens: 4096",
+	"token_count: 3\nkey: orders-42",
+	"invalid token: expired",
+	"password: ",
+	"secret\nsecret: \n",
+	"bypass: true",
+	"x-request-id: 7f3a9c\nContent-Type: application/json",
 }
 
 func TestScrubError(t *testing.T) {
@@ -396,6 +513,7 @@ func FuzzScrubError(f *testing.F) {
 	for _, seed := range []string{
 		"postgres://u:pw@h/db", `password="x`, "Authorization: Basic xyz", `{"token":"t"}`,
 		"a=b:c token:x@y", "Bearer ", "-----BEGIN PRIVATE KEY-----", "\xff=\xfe", "é€😀",
+		"password: x\n- token: 'y", "{a: b, secret: c}", "x: token: y", "X-Api-Key: k",
 	} {
 		f.Add(seed, 0)
 		f.Add(seed, 7)
