@@ -32,6 +32,9 @@ const (
 //
 //   - passwords in URLs and DSNs of any scheme: postgres://user:secret@host becomes
 //     postgres://user:REDACTED@host, and so does the MySQL driver's user:secret@tcp(host)/db;
+//     a URL's userinfo without a password is taken to be a token: nats://t0k@host and
+//     https://ghp_…@github.com become nats://REDACTED@host and https://REDACTED@github.com
+//     (user@host without a scheme is an e-mail address and stays);
 //   - key=value passwords and secrets, quoted or not, in any case: password=, passwd=,
 //     pwd=, pass=, and any key that [IsSecretKey] reports, such as token=, access_token=,
 //     api_key=, apikey=, secret=, client_secret=, signature=, AWS_SECRET_ACCESS_KEY=,
@@ -51,7 +54,15 @@ const (
 //     looks secret as above (X-Api-Key, Api-Key, X-Auth-Token, X-Amz-Security-Token,
 //     Private-Token, X-Vault-Token), and environment variables written the same way
 //     (AWS_SECRET_ACCESS_KEY: value);
-//   - JSON Web Tokens, PEM private keys and AWS access key IDs (AKIA…, ASIA…).
+//   - PEM private key blocks of every kind (RSA, EC, DSA, OPENSSH, ENCRYPTED, PGP, or
+//     plain PRIVATE KEY), to the end of the text when the block was cut short;
+//   - tokens by their shape: JSON Web Tokens, AWS access key IDs (AKIA…, ASIA…),
+//     GitHub tokens (ghp_, gho_, ghu_, ghs_, ghr_, github_pat_), GitLab personal access
+//     tokens (glpat-), Slack tokens (xoxb-, xoxp-, xoxa-, xoxr-, xoxs-) and the path of
+//     Slack webhook URLs (https://hooks.slack.com/services/REDACTED), Stripe secret and
+//     restricted keys (sk_live_, sk_test_, rk_live_, rk_test_), Google API keys (AIza…)
+//     and npm tokens (npm_). Stripe publishable keys (pk_live_, pk_test_) are public
+//     by design and stay.
 //
 // Scrubbing is best-effort: it catches the forms above, not every secret a message
 // could hold. Where a form is ambiguous it redacts more than the secret rather than

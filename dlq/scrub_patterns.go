@@ -44,11 +44,13 @@ var secretParamHints = []string{
 // own shape last. Each has a row in TestScrubError.
 var scrubPatterns = []scrubPattern{
 	{
-		// A PEM private key block, or its beginning when the text was cut before its
-		// end. It comes first: its body may hold anything.
+		// A PEM private key block of any kind (RSA, EC, DSA, OPENSSH, ENCRYPTED, PGP's
+		// KEY BLOCK, or plain), or its beginning when the text was cut before its end.
+		// It comes first: its body may hold anything.
 		name:  "PrivateKey",
 		hints: []string{"private key"},
-		re:    regexp.MustCompile(`(?s)-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|$)`),
+		re: regexp.MustCompile(`(?s)-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----.*?` +
+			`(?:-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|$)`),
 	},
 	{
 		// scheme://user:password@ of any scheme; group 1 is the password, up to the
@@ -60,6 +62,16 @@ var scrubPatterns = []scrubPattern{
 		re: regexp.MustCompile(`(?i)\b[a-z][a-z0-9+.\-]*://[^\s:/?#@"'<>` + "`" + `]*:` +
 			`([^\s"'<>` + "`" + `]*)@`),
 		group: 1,
+	},
+	{
+		// scheme://token@, userinfo without a password, which is a token as often as a
+		// user name (https://ghp_…@github.com, nats://token@host); group 1 is the
+		// userinfo. Without a scheme, user@host is an e-mail address and stays.
+		name:   "URLToken",
+		hints:  []string{"://"},
+		anchor: "://",
+		re:     regexp.MustCompile(`(?i)\b[a-z][a-z0-9+.\-]*://([^\s:/?#@"'<>` + "`" + `]+)@`),
+		group:  1,
 	},
 	{
 		// The Go MySQL driver's DSN, user:password@tcp(host)/db or user:password@/db;
@@ -141,6 +153,59 @@ var scrubPatterns = []scrubPattern{
 		name:  "AWSAccessKeyID",
 		hints: []string{"akia", "asia"},
 		re:    regexp.MustCompile(`(?:AKIA|ASIA)[0-9A-Z]{16}`),
+	},
+	{
+		// A GitHub token: personal (ghp_), OAuth (gho_), user-to-server (ghu_),
+		// server-to-server (ghs_) or refresh (ghr_).
+		name:  "GitHubToken",
+		hints: []string{"ghp_", "gho_", "ghu_", "ghs_", "ghr_"},
+		re:    regexp.MustCompile(`\bgh[pousr]_[A-Za-z0-9]{36,}`),
+	},
+	{
+		// A GitHub fine-grained personal access token.
+		name:  "GitHubFineGrainedToken",
+		hints: []string{"github_pat_"},
+		re:    regexp.MustCompile(`\bgithub_pat_[A-Za-z0-9_]{22,}`),
+	},
+	{
+		// A GitLab personal access token.
+		name:  "GitLabToken",
+		hints: []string{"glpat-"},
+		re:    regexp.MustCompile(`\bglpat-[A-Za-z0-9_\-]{20,}`),
+	},
+	{
+		// A Slack token: bot (xoxb-), user (xoxp-), workspace app (xoxa-), refresh
+		// (xoxr-) or legacy (xoxs-).
+		name:  "SlackToken",
+		hints: []string{"xox"},
+		re:    regexp.MustCompile(`\bxox[abprs]-[A-Za-z0-9\-]{10,}`),
+	},
+	{
+		// A Slack webhook URL, whose path is its secret; group 1 is the path after
+		// services/ (or workflows/, triggers/).
+		name:  "SlackWebhook",
+		hints: []string{"hooks.slack.com"},
+		re:    regexp.MustCompile(`(?i)\bhooks\.slack\.com/(?:services|workflows|triggers)/([A-Za-z0-9_/\-]+)`),
+		group: 1,
+	},
+	{
+		// A Stripe secret (sk_) or restricted (rk_) key, live or test. Publishable keys
+		// (pk_live_, pk_test_) are public by design, shipped to browsers, and stay.
+		name:  "StripeSecretKey",
+		hints: []string{"k_live_", "k_test_"},
+		re:    regexp.MustCompile(`\b[rs]k_(?:live|test)_[A-Za-z0-9]{10,}`),
+	},
+	{
+		// A Google API key.
+		name:  "GoogleAPIKey",
+		hints: []string{"aiza"},
+		re:    regexp.MustCompile(`\bAIza[A-Za-z0-9_\-]{35}`),
+	},
+	{
+		// An npm access token.
+		name:  "NPMToken",
+		hints: []string{"npm_"},
+		re:    regexp.MustCompile(`\bnpm_[A-Za-z0-9]{36,}`),
 	},
 }
 

@@ -10,9 +10,16 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// fakeTokenBody36 is the body of a fake token, built by concatenation so that no
-// scanner takes this file for a leak.
-const fakeTokenBody36 = "0a1b2c3d4e5f6g7h8i" + "9jAkBlCmDnEoFpGqHr"
+// Fake secrets in the shapes of real ones, built by concatenation so that no scanner
+// takes this file for a leak.
+const (
+	fakeTokenBody22      = "11AAAAAA0" + "bbbbbbbbbbbbb"
+	fakeTokenBody35      = "SyA0b1c2d3e4f5g6h7" + "i8j9k-L_MnOpQrStU"
+	fakeTokenBody36      = "0a1b2c3d4e5f6g7h8i" + "9jAkBlCmDnEoFpGqHr"
+	fakeTokenBody59      = "Zz0123456789abcdefghijklmnopqrstuvwx" + "yzABCDEFGHIJKLMNOPQRSTU"
+	fakeSlackBody        = "2048-1024-" + "AbCdEfGhIjKlMnOpQrStUvWx"
+	fakeSlackWebhookPath = "T0123ABCD/B0456EFGH/" + "abcdEFGHijklMNOPqrstUVWX"
+)
 
 // scrubSecretTests are texts holding secrets, which ScrubError must redact.
 var scrubSecretTests = []struct {
@@ -298,6 +305,180 @@ var scrubSecretTests = []struct {
 		secrets: []string{"p4ss"},
 		want:    "DATABASE_URL=postgres://u:REDACTED@h/app",
 	},
+	{
+		name:    "URLLoneToken",
+		in:      "dial nats://s3cr3ttoken@host:4222: refused",
+		secrets: []string{"s3cr3ttoken"},
+		want:    "dial nats://REDACTED@host:4222: refused",
+	},
+	{
+		name:    "GitHubTokenInURL",
+		in:      "clone https://" + "ghp_" + fakeTokenBody36 + "@github.com/org/repo.git failed",
+		secrets: []string{fakeTokenBody36},
+		want:    "clone https://REDACTED@github.com/org/repo.git failed",
+	},
+	{
+		name:    "GitHubAccessTokenInURL",
+		in:      "push https://x-access-token:" + "ghs_" + fakeTokenBody36 + "@github.com/org/repo: 403",
+		secrets: []string{fakeTokenBody36},
+		want:    "push https://x-access-token:REDACTED@github.com/org/repo: 403",
+	},
+	{
+		name:    "GitHubPersonalToken",
+		in:      "github: bad credentials for " + "ghp_" + fakeTokenBody36,
+		secrets: []string{fakeTokenBody36},
+		want:    "github: bad credentials for REDACTED",
+	},
+	{
+		name:    "GitHubOAuthToken",
+		in:      "revoked " + "gho_" + fakeTokenBody36 + ".",
+		secrets: []string{fakeTokenBody36},
+		want:    "revoked REDACTED.",
+	},
+	{
+		name:    "GitHubUserToken",
+		in:      "(" + "ghu_" + fakeTokenBody36 + ")",
+		secrets: []string{fakeTokenBody36},
+		want:    "(REDACTED)",
+	},
+	{
+		name:    "GitHubServerToken",
+		in:      "installation token " + "ghs_" + fakeTokenBody36 + " expired",
+		secrets: []string{fakeTokenBody36},
+		want:    "installation token REDACTED expired",
+	},
+	{
+		name:    "GitHubRefreshToken",
+		in:      "refresh " + "ghr_" + fakeTokenBody36 + " rejected",
+		secrets: []string{fakeTokenBody36},
+		want:    "refresh REDACTED rejected",
+	},
+	{
+		name:    "GitHubFineGrainedToken",
+		in:      "using " + "github_pat_" + fakeTokenBody22 + "_" + fakeTokenBody59 + ": 401",
+		secrets: []string{fakeTokenBody22, fakeTokenBody59},
+		want:    "using REDACTED: 401",
+	},
+	{
+		name:    "GitLabToken",
+		in:      "gitlab said 401 to " + "glpat-" + fakeTokenBody22,
+		secrets: []string{fakeTokenBody22},
+		want:    "gitlab said 401 to REDACTED",
+	},
+	{
+		name:    "NPMToken",
+		in:      "npm publish: " + "npm_" + fakeTokenBody36 + " is not authorized",
+		secrets: []string{fakeTokenBody36},
+		want:    "npm publish: REDACTED is not authorized",
+	},
+	{
+		name:    "SlackBotToken",
+		in:      "slack: invalid_auth for " + "xoxb-" + fakeSlackBody,
+		secrets: []string{fakeSlackBody, "AbCdEfGh"},
+		want:    "slack: invalid_auth for REDACTED",
+	},
+	{
+		name:    "SlackUserToken",
+		in:      "slack: " + "xoxp-" + fakeSlackBody + " revoked",
+		secrets: []string{"AbCdEfGh"},
+		want:    "slack: REDACTED revoked",
+	},
+	{
+		name:    "SlackAppToken",
+		in:      "slack: " + "xoxa-" + fakeSlackBody + " revoked",
+		secrets: []string{"AbCdEfGh"},
+		want:    "slack: REDACTED revoked",
+	},
+	{
+		name:    "SlackRefreshToken",
+		in:      "slack: " + "xoxr-" + fakeSlackBody + " revoked",
+		secrets: []string{"AbCdEfGh"},
+		want:    "slack: REDACTED revoked",
+	},
+	{
+		name:    "SlackLegacyToken",
+		in:      "slack: " + "xoxs-" + fakeSlackBody + " revoked",
+		secrets: []string{"AbCdEfGh"},
+		want:    "slack: REDACTED revoked",
+	},
+	{
+		name:    "SlackWebhook",
+		in:      "POST https://hooks.slack.com/services/" + fakeSlackWebhookPath + ": 404 no_service",
+		secrets: []string{fakeSlackWebhookPath, "B0456EFGH"},
+		want:    "POST https://hooks.slack.com/services/REDACTED: 404 no_service",
+	},
+	{
+		name:    "StripeLiveSecretKey",
+		in:      "stripe: " + "sk_live_" + fakeTokenBody22 + " is expired",
+		secrets: []string{fakeTokenBody22},
+		want:    "stripe: REDACTED is expired",
+	},
+	{
+		name:    "StripeTestSecretKey",
+		in:      "stripe: " + "sk_test_" + fakeTokenBody22 + " is expired",
+		secrets: []string{fakeTokenBody22},
+		want:    "stripe: REDACTED is expired",
+	},
+	{
+		name:    "StripeRestrictedKey",
+		in:      "stripe: " + "rk_live_" + fakeTokenBody22 + " lacks a permission",
+		secrets: []string{fakeTokenBody22},
+		want:    "stripe: REDACTED lacks a permission",
+	},
+	{
+		name:    "GoogleAPIKey",
+		in:      "maps: API key " + "AIza" + fakeTokenBody35 + " not valid",
+		secrets: []string{fakeTokenBody35},
+		want:    "maps: API key REDACTED not valid",
+	},
+	{
+		name:    "OpenSSHPrivateKey",
+		in:      "ssh: -----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEA\n-----END OPENSSH PRIVATE KEY-----\n: bad",
+		secrets: []string{"b3BlbnNzaC1rZXktdjEA"},
+		want:    "ssh: REDACTED\n: bad",
+	},
+	{
+		name:    "ECPrivateKey",
+		in:      "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBb\n-----END EC PRIVATE KEY-----",
+		secrets: []string{"MHcCAQEEIBb"},
+		want:    "REDACTED",
+	},
+	{
+		name:    "EncryptedPrivateKey",
+		in:      `"-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIFHzBJBgkq\n-----END ENCRYPTED PRIVATE KEY-----" rejected`,
+		secrets: []string{"MIIFHzBJBgkq"},
+		want:    `"REDACTED" rejected`,
+	},
+	{
+		name:    "PlainPrivateKey",
+		in:      "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADAN\n-----END PRIVATE KEY-----",
+		secrets: []string{"MIIEvQIBADAN"},
+		want:    "REDACTED",
+	},
+	{
+		name:    "PGPPrivateKey",
+		in:      "gpg: -----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBF0abc\n-----END PGP PRIVATE KEY BLOCK----- unusable",
+		secrets: []string{"lQOYBF0abc"},
+		want:    "gpg: REDACTED unusable",
+	},
+	{
+		name:    "PrivateKeyCutShort",
+		in:      "parse -----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAK\nqj7X",
+		secrets: []string{"MIIBOgIBAAJBAK", "qj7X"},
+		want:    "parse REDACTED",
+	},
+	{
+		name:    "OpenSSHPrivateKeyCutShort",
+		in:      "ssh: -----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEA",
+		secrets: []string{"b3BlbnNzaC1rZXktdjEA"},
+		want:    "ssh: REDACTED",
+	},
+	{
+		name:    "PGPPrivateKeyCutShort",
+		in:      "gpg: -----BEGIN PGP PRIVATE KEY BLOCK-----\nlQOYBF0abc",
+		secrets: []string{"lQOYBF0abc"},
+		want:    "gpg: REDACTED",
+	},
 }
 
 // scrubNoFalsePositives are texts without secrets, which ScrubError must keep as they
@@ -322,6 +503,20 @@ var scrubNoFalsePositives = []string{
 	"secret\nsecret: \n",
 	"bypass: true",
 	"x-request-id: 7f3a9c\nContent-Type: application/json",
+	"GET https://github.com/idemkit/idem/pull/42: 404",
+	"dial amqp://rabbit:5672/: connection refused",
+	"mail to user@example.com bounced",
+	"git@github.com:idemkit/idem.git: Permission denied (publickey)",
+	"ghp is not a prefix we know; nor is ghp_short",
+	"commit 3f786850e387550fdab836ed7e6dc881de23001b not found",
+	"stripe publishable key " + "pk_live_" + fakeTokenBody22,
+	"disk_test_integration1 failed; sk_live is not set",
+	"slack: xoxb- token missing, xoxo",
+	"npm_config_cache is not set",
+	"hooks.slack.com: no such host",
+	"AIza is a prefix",
+	"-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----",
+	"-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0C\n-----END PUBLIC KEY-----",
 }
 
 func TestScrubError(t *testing.T) {
@@ -514,6 +709,7 @@ func FuzzScrubError(f *testing.F) {
 		"postgres://u:pw@h/db", `password="x`, "Authorization: Basic xyz", `{"token":"t"}`,
 		"a=b:c token:x@y", "Bearer ", "-----BEGIN PRIVATE KEY-----", "\xff=\xfe", "é€😀",
 		"password: x\n- token: 'y", "{a: b, secret: c}", "x: token: y", "X-Api-Key: k",
+		"nats://t@h", "ghp_" + fakeTokenBody36, "hooks.slack.com/services/T/B/x",
 	} {
 		f.Add(seed, 0)
 		f.Add(seed, 7)
