@@ -67,7 +67,8 @@ const (
 // Scrubbing is best-effort: it catches the forms above, not every secret a message
 // could hold. Where a form is ambiguous it redacts more than the secret rather than
 // less: a line such as "password: must be 8 characters" loses its message. Invalid
-// UTF-8 is replaced by U+FFFD. Secrets are redacted before truncation, which never
+// UTF-8 and NUL bytes are replaced by U+FFFD, so that the result can be stored as is
+// in a PostgreSQL text column. Secrets are redacted before truncation, which never
 // splits a UTF-8 sequence and ends the text with "…(truncated)" within max bytes (or
 // cuts without the marker when max is shorter than it). Stacks do not belong in s:
 // they stay in logs and spans.
@@ -78,6 +79,7 @@ func ScrubError(s string, max int) string {
 		max = DefaultMaxErrorLength
 	}
 	s = strings.ToValidUTF8(s, "\uFFFD")
+	s = strings.ReplaceAll(s, "\x00", "\uFFFD")
 	folded := foldCase(s)
 	for i := range scrubPatterns {
 		if r := scrubPatterns[i].scrub(s, folded); r != s {

@@ -15,7 +15,7 @@ func scrubIgnoringHints(s string, max int) string {
 	if max <= 0 {
 		max = DefaultMaxErrorLength
 	}
-	s = strings.ToValidUTF8(s, "\uFFFD")
+	s = strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
 	for _, p := range scrubPatterns {
 		p.hints = nil
 		s = p.scrub(s, "")
@@ -140,7 +140,7 @@ func randomScrubTexts(n int) []string {
 		"\"", "'", "(", ")", "/", "://", "@", "tcp(", "postgres", "Bearer ", "basic ", "Cookie", "authorization",
 		"eyJ", ".", "AKIA", "ghp_", "xoxb-", "sk_live_", "npm_", "glpat-", "AIza", "hooks.slack.com/services/",
 		fakeTokenBody36, "-----BEGIN EC PRIVATE KEY-----", "-----END EC PRIVATE KEY-----",
-		"\u212a", "\u017f", "é", "REDACTED",
+		"\u212a", "\u017f", "é", "REDACTED", "\x00",
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	texts := make([]string, n)

@@ -604,6 +604,13 @@ func TestScrubErrorTruncate(t *testing.T) {
 		require.True(t, utf8.ValidString(got))
 		require.Equal(t, "bad \uFFFD byte", got)
 	})
+
+	t.Run("NULBytes", func(t *testing.T) {
+		t.Parallel()
+		got := ScrubError("nul\x00 in \xff\x00 text\x00", 0)
+		require.NotContains(t, got, "\x00")
+		require.Equal(t, "nul\uFFFD in \uFFFD\uFFFD text\uFFFD", got)
+	})
 }
 
 func TestIsSecretKey(t *testing.T) {
@@ -708,7 +715,7 @@ func FuzzScrubError(f *testing.F) {
 	for _, seed := range []string{
 		"postgres://u:pw@h/db", `password="x`, "Authorization: Basic xyz", `{"token":"t"}`,
 		"a=b:c token:x@y", "Bearer ", "-----BEGIN PRIVATE KEY-----", "\xff=\xfe", "é€😀",
-		"password: x\n- token: 'y", "{a: b, secret: c}", "x: token: y", "X-Api-Key: k",
+		"password: x\n- token: 'y", "{a: b, secret: c}", "x: token: y", "X-Api-Key: k", "n\x00ul",
 		"nats://t@h", "ghp_" + fakeTokenBody36, "hooks.slack.com/services/T/B/x",
 	} {
 		f.Add(seed, 0)
@@ -718,6 +725,7 @@ func FuzzScrubError(f *testing.F) {
 		max %= 64
 		got := ScrubError(s, max)
 		require.True(t, utf8.ValidString(got))
+		require.NotContains(t, got, "\x00")
 		if max <= 0 {
 			max = DefaultMaxErrorLength
 		}
