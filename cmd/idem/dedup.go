@@ -13,20 +13,27 @@ import (
 
 var dedupCommands = []*command{{
 	name:    "dedup prune",
-	summary: "delete processed rows and attempt counts older than the retention",
+	summary: "delete processed rows, attempt counts, reviewed dead letters and audit rows past their retention",
 	help: `
-Prune deletes the processed rows (the record that an event was handled) and the
-attempt counts older than --retention, measured on the database clock, in batches
-of --batch rows, each batch its own short transaction. It never deletes a row
-younger than the retention, and keeps the attempt counts of events that have a
-pending dead letter. A redelivery or replay of an event whose row was pruned is
-handled again, so --retention must cover --replay-window: the longest time after
-which an event may still come back (the broker's retention, the dead-letter review
-period). Prune refuses a shorter retention.`,
+Prune deletes the processed rows (the record that an event was handled), the
+attempt counts and the crash guard's counts older than --retention, the reviewed
+dead letters (replayed, discarded, resolved) whose last change is older than
+--dead-letter-retention, and the audit rows older than --audit-retention, measured
+on the database clock, in batches of --batch rows, each batch its own short
+transaction. It never deletes a row younger than its retention, never a pending
+dead letter, and keeps the attempt counts of events that have a pending dead letter.
+A redelivery or replay of an event whose row was pruned is handled again, so
+--retention must cover --replay-window: the longest time after which an event may
+still come back (the broker's retention, the dead-letter review period). Prune
+refuses a shorter retention. -1 keeps reviewed dead letters, or the audit, forever;
+the audit may not be kept for less time than the dead letters it names.`,
 	setup: func(fs *flag.FlagSet) action {
 		var cfg postgres.PruneConfig
 		fs.DurationVar(&cfg.Retention, "retention", postgres.DefaultRetention, "delete rows older than this `DURATION`")
 		fs.DurationVar(&cfg.ReplayWindow, "replay-window", 0, "refuse a --retention shorter than this `DURATION`")
+		cfg.DeadLetterRetention, cfg.AuditRetention = postgres.DefaultDeadLetterRetention, postgres.DefaultAuditRetention
+		fs.Var((*retention)(&cfg.DeadLetterRetention), "dead-letter-retention", "delete reviewed dead letters unchanged for this `DURATION` (30d, 720h; -1: never)")
+		fs.Var((*retention)(&cfg.AuditRetention), "audit-retention", "delete audit rows older than this `DURATION` (365d; -1: never)")
 		fs.IntVar(&cfg.BatchSize, "batch", postgres.DefaultPruneBatch, "delete at most `N` rows per transaction")
 		return func(ctx context.Context, e *env) error { return runPrune(ctx, e, cfg) }
 	},
@@ -58,6 +65,9 @@ func runPrune(ctx context.Context, e *env, cfg postgres.PruneConfig) error {
 		return usageErrorf(cmd, "--retention %s is shorter than --replay-window %s: a late redelivery or replay would apply its effect twice", cfg.Retention, cfg.ReplayWindow)
 	case cfg.BatchSize < 1:
 		return usageErrorf(cmd, "--batch must be at least 1, got %d", cfg.BatchSize)
+	case cfg.AuditRetention >= 0 && (cfg.DeadLetterRetention < 0 || cfg.AuditRetention < cfg.DeadLetterRetention):
+		return usageErrorf(cmd, "--audit-retention %s is shorter than --dead-letter-retention %s: the audit of a review must outlive the dead letters it names",
+			retentionText(cfg.AuditRetention), retentionText(cfg.DeadLetterRetention))
 	}
 	store, err := e.store(ctx)
 	if err != nil {
@@ -65,14 +75,57 @@ func runPrune(ctx context.Context, e *env, cfg postgres.PruneConfig) error {
 	}
 	defer store.close()
 	res, err := store.prune(ctx, cfg)
+	report := func(suffix string) {
+		fmt.Fprintf(e.stdout, "deleted %d processed rows and %d attempt counts older than %s%s\n", res.Processed, res.Attempts, cfg.Retention, suffix)
+		parts := []string{"kept reviewed dead letters forever", "kept the audit forever"}
+		if cfg.DeadLetterRetention >= 0 {
+			parts[0] = fmt.Sprintf("deleted %d reviewed dead letters unchanged for %s", res.DeadLetters, cfg.DeadLetterRetention)
+		}
+		if cfg.AuditRetention >= 0 {
+			parts[1] = fmt.Sprintf("%d audit rows older than %s", res.Audit, cfg.AuditRetention)
+			if cfg.DeadLetterRetention < 0 {
+				parts[1] = "deleted " + parts[1]
+			}
+		}
+		fmt.Fprintf(e.stdout, "%s and %s%s\n", parts[0], parts[1], suffix)
+	}
 	if err != nil {
 		if res != (postgres.PruneResult{}) {
-			fmt.Fprintf(e.stdout, "deleted %d processed rows and %d attempt counts older than %s before failing\n", res.Processed, res.Attempts, cfg.Retention)
+			report(" before failing")
 		}
 		return err
 	}
-	fmt.Fprintf(e.stdout, "deleted %d processed rows and %d attempt counts older than %s\n", res.Processed, res.Attempts, cfg.Retention)
+	report("")
 	return nil
+}
+
+// retention is a flag.Value for a retention: a duration as parseDays reads it, at
+// least a second, or -1 (also "never") to keep the rows forever.
+type retention time.Duration
+
+func (r *retention) String() string { return retentionText(time.Duration(*r)) }
+
+func (r *retention) Set(s string) error {
+	if s == "-1" || s == "never" {
+		*r = -1
+		return nil
+	}
+	d, err := parseDays(s)
+	switch {
+	case err != nil:
+		return err
+	case d < time.Second:
+		return fmt.Errorf("%q must be at least 1s, or -1 to keep the rows forever", s)
+	}
+	*r = retention(d)
+	return nil
+}
+
+func retentionText(d time.Duration) string {
+	if d < 0 {
+		return "-1 (forever)"
+	}
+	return d.String()
 }
 
 // statsJSON is the output of `idem dedup stats --format json`. Its keys are a stable

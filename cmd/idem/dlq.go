@@ -110,7 +110,8 @@ entry. A failed publish rolls it back: the dead letter keeps its status and its
 attempts. A crash after the publish can only publish it twice, and the consumer
 skips the duplicate. Replay stops at the first publish error and reports how many
 dead letters it replayed. Dead letters without an event ID (reason malformed: their
-ID is derived from their content) cannot be replayed: replay refuses them.`,
+ID is derived from their content), and dead letters kept in reduced form (the store
+refused their data, so no payload was kept), cannot be replayed: replay refuses them.`,
 	setup: func(fs *flag.FlagSet) action {
 		sel := declareFilterFlags(fs, "pending")
 		ch := declareChangeFlags(fs, false)

@@ -195,6 +195,8 @@ func refusal(rec *dlq.Record) string {
 	switch {
 	case !rec.HasEventID():
 		return "no event ID: the message had none (reason " + string(rec.Reason) + "), its ID is derived from its content; discard it, or republish a corrected message by hand"
+	case rec.Reduced():
+		return "kept in reduced form: the store refused its data, so neither its payload nor its metadata was kept (" + rec.Metadata[dlq.ReducedKey] + "); find the message at its producer, then resolve this one"
 	case rec.Topic == "":
 		return "no topic recorded"
 	}
@@ -246,7 +248,7 @@ func runReplay(ctx context.Context, e *env, sel *filterFlags, ch *changeFlags, o
 	text := out.format == formatTable
 	refusedNote := func() {
 		if len(res.Refused) > 0 && text {
-			fmt.Fprintf(e.stdout, "refused %s without an event ID: %s (discard them, or republish corrected messages by hand)\n",
+			fmt.Fprintf(e.stdout, "refused %s that cannot be replayed (no event ID, or kept in reduced form): %s (see idem dlq show; discard or resolve them, or republish corrected messages by hand)\n",
 				countText(len(res.Refused)), joinIDs(refusedIDs(res.Refused), ", "))
 		}
 	}

@@ -164,14 +164,14 @@ func TestDedupPrune(t *testing.T) {
 
 		res := idem(t, "dedup", "prune", "--database-url", testdb.URL(), "--schema", bundle.schema, "--retention", "168h", "--replay-window", "72h", "--batch", "2")
 		require.Equal(t, 0, res.code, res.stderr)
-		require.Equal(t, "deleted 3 processed rows and 1 attempt counts older than 168h0m0s\n", res.stdout)
+		require.Equal(t, "deleted 3 processed rows and 1 attempt counts older than 168h0m0s\ndeleted 0 reviewed dead letters unchanged for 720h0m0s and 0 audit rows older than 8760h0m0s\n", res.stdout)
 		require.Empty(t, res.stderr)
 		require.Equal(t, 2, bundle.count(t, "processed"))
 		require.Equal(t, 2, bundle.count(t, "attempts")) // dead-1 has a pending dead letter
 
 		res = idem(t, "dedup", "prune", "--database-url", testdb.URL(), "--schema", bundle.schema)
 		require.Equal(t, 0, res.code, res.stderr)
-		require.Equal(t, "deleted 0 processed rows and 0 attempt counts older than 168h0m0s\n", res.stdout)
+		require.Equal(t, "deleted 0 processed rows and 0 attempt counts older than 168h0m0s\ndeleted 0 reviewed dead letters unchanged for 720h0m0s and 0 audit rows older than 8760h0m0s\n", res.stdout)
 	})
 
 	t.Run("KeepsRowsYoungerThanRetention", func(t *testing.T) {
@@ -181,8 +181,39 @@ func TestDedupPrune(t *testing.T) {
 
 		res := idem(t, "dedup", "prune", "--database-url", testdb.URL(), "--schema", bundle.schema, "--retention", "180h")
 		require.Equal(t, 0, res.code, res.stderr)
-		require.Equal(t, "deleted 2 processed rows and 1 attempt counts older than 180h0m0s\n", res.stdout)
+		require.Equal(t, "deleted 2 processed rows and 1 attempt counts older than 180h0m0s\ndeleted 0 reviewed dead letters unchanged for 720h0m0s and 0 audit rows older than 8760h0m0s\n", res.stdout)
 		require.Equal(t, 3, bundle.count(t, "processed"))
+	})
+
+	t.Run("ReviewedDeadLettersAndTheAudit", func(t *testing.T) {
+		t.Parallel()
+		bundle := setupDedup(t)
+		bundle.seed(t)
+		q := pgx.Identifier{bundle.schema}.Sanitize()
+		_, err := bundle.pool.Exec(t.Context(), `
+INSERT INTO `+q+`.dead_letters (consumer, event_id, topic, handler, message_uuid, payload, metadata, reason,
+    error, fingerprint, attempts, correlation_id, trace_id, span_id, first_failed_at, last_failed_at, status, updated_at) VALUES
+    ('orders', 'resolved-old', 'orders', 'h', 'u', '', '{}', 'exhausted', 'boom', 'f', 3, '', '', '', now(), now(), 'resolved', now() - interval '10 days'),
+    ('orders', 'discarded-old', 'orders', 'h', 'u', '', '{}', 'exhausted', 'boom', 'f', 3, '', '', '', now(), now(), 'discarded', now() - interval '10 days'),
+    ('orders', 'pending-old', 'orders', 'h', 'u', '', '{}', 'exhausted', 'boom', 'f', 3, '', '', '', now(), now(), 'pending', now() - interval '10 days');
+INSERT INTO `+q+`.dead_letter_audit (at, action, os_user, host, selector, reason, dead_letter_ids) VALUES
+    (now() - interval '40 days', 'resolve', 'op', 'h', 'ids', '', '{1}'),
+    (now() - interval '1 day', 'discard', 'op', 'h', 'ids', 'test', '{2}')`)
+		require.NoError(t, err)
+
+		res := idem(t, "dedup", "prune", "--database-url", testdb.URL(), "--schema", bundle.schema,
+			"--dead-letter-retention", "7d", "--audit-retention", "30d")
+		require.Equal(t, 0, res.code, res.stderr)
+		require.Equal(t, "deleted 3 processed rows and 1 attempt counts older than 168h0m0s\n"+
+			"deleted 2 reviewed dead letters unchanged for 168h0m0s and 1 audit rows older than 720h0m0s\n", res.stdout)
+		require.Equal(t, 2, bundle.count(t, "dead_letters"), "pending ones stay")
+		require.Equal(t, 1, bundle.count(t, "dead_letter_audit"))
+
+		res = idem(t, "dedup", "prune", "--database-url", testdb.URL(), "--schema", bundle.schema,
+			"--dead-letter-retention", "-1", "--audit-retention", "never")
+		require.Equal(t, 0, res.code, res.stderr)
+		require.Equal(t, "deleted 0 processed rows and 0 attempt counts older than 168h0m0s\n"+
+			"kept reviewed dead letters forever and kept the audit forever\n", res.stdout)
 	})
 
 	t.Run("BadValues", func(t *testing.T) {
@@ -199,6 +230,11 @@ func TestDedupPrune(t *testing.T) {
 			{[]string{"--replay-window", "-1h"}, "--replay-window must not be negative"},
 			{[]string{"--batch", "0"}, "--batch must be at least 1"},
 			{[]string{"--batch", "many"}, `invalid value "many" for flag -batch`},
+			{[]string{"--dead-letter-retention", "10ms"}, `"10ms" must be at least 1s, or -1 to keep the rows forever`},
+			{[]string{"--dead-letter-retention", "-2h"}, `"-2h" must be at least 1s`},
+			{[]string{"--audit-retention", "soon"}, `"soon" is not a duration such as 36h or 7d`},
+			{[]string{"--dead-letter-retention", "60d", "--audit-retention", "30d"}, "--audit-retention 720h0m0s is shorter than --dead-letter-retention 1440h0m0s"},
+			{[]string{"--dead-letter-retention", "-1"}, "--audit-retention 8760h0m0s is shorter than --dead-letter-retention -1 (forever)"},
 			{[]string{"extra"}, `dedup prune takes no arguments, got "extra"`},
 		} {
 			res := idem(t, append([]string{"dedup", "prune", "--database-url", url}, tt.args...)...)

@@ -352,7 +352,8 @@ func TestReplayRefusals(t *testing.T) {
 	t.Parallel()
 	derived := letterFor("orders", "derived:5d41402abc4b2a76b9719d911017c592")
 	derived.Reason = dlq.ReasonMalformed
-	path := replaySeed(t, letterFor("orders", "evt-1"), derived)
+	reduced := dlq.Reduce(letterFor("orders", "evt-3"), errors.New("ERROR: invalid byte sequence (SQLSTATE 22021)"))
+	path := replaySeed(t, letterFor("orders", "evt-1"), derived, reduced)
 
 	for _, tc := range []struct {
 		args []string
@@ -361,6 +362,8 @@ func TestReplayRefusals(t *testing.T) {
 	}{
 		{[]string{"dlq", "replay", "2", "--yes", "--publish-url", "redis://127.0.0.1:1"}, 1,
 			"idem: cannot replay 1 dead letter, nothing was published:\n  dead letter 2: no event ID: the message had none (reason malformed)"},
+		{[]string{"dlq", "replay", "3", "--yes", "--publish-url", "redis://127.0.0.1:1"}, 1,
+			"idem: cannot replay 1 dead letter, nothing was published:\n  dead letter 3: kept in reduced form: the store refused its data, so neither its payload nor its metadata was kept (payload 17 bytes, sha256 "},
 		{[]string{"dlq", "replay", "--all", "--yes"}, 2, "idem: no publish URL: on a SQLite database, set --publish-url or $IDEM_PUBLISH_URL"},
 		{[]string{"dlq", "replay", "--all", "--publish-url", "kafka://broker:9092"}, 2, "unsupported publish URL kafka://broker:9092"},
 		{[]string{"dlq", "replay", "--all", "--publish-url", "redis://127.0.0.1:1", "--rate", "-1"}, 2, "idem: --rate must be 0 (no limit) or from 0.001 to 10000 messages per second, got -1"},
@@ -382,10 +385,10 @@ func TestReplayRefusals(t *testing.T) {
 		require.Empty(t, res.stdout, rate)
 	}
 
-	// By filter, the dead letter without an event ID is left out, and said so.
+	// By filter, the dead letters without an event ID or a payload are left out, and said so.
 	res := exe(t, "", nil, "dlq", "replay", "--all", "--database-url", path, "--publish-url", "redis://127.0.0.1:1")
 	require.Equal(t, 0, res.code, res.stderr)
-	require.Contains(t, res.stdout, "refused 1 dead letter without an event ID: 2")
+	require.Contains(t, res.stdout, "refused 2 dead letters that cannot be replayed (no event ID, or kept in reduced form): 2, 3")
 	require.Contains(t, res.stdout, "dry run: would replay 1 dead letter to redis://127.0.0.1:1; nothing was published.")
 
 	store, err := sqlite.Open(t.Context(), path, sqlite.Config{})
