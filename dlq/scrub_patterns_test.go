@@ -164,6 +164,8 @@ func TestScrubRandomTexts(t *testing.T) {
 		if utf8.ValidString(s) {
 			checkNextPair(t, s)
 		}
+		u := RedactURL(s)
+		require.Equal(t, u, RedactURL(u), "redacting %q twice changes nothing", s)
 	}
 }
 
