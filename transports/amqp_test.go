@@ -3,6 +3,7 @@ package transports_test
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,17 +31,24 @@ func amqpConfig(url string) amqppub.Config {
 
 func newAMQPBroker(t *testing.T, _ *pgxpool.Pool) *broker {
 	t.Helper()
-	url := testbroker.AMQPURL(t)
+	return amqpBroker(t, testbroker.AMQPURL(t))
+}
+
+// amqpBroker is a quorum queue of its own on the RabbitMQ at url, declared before the
+// first publish. Its subscribers and publisher reconnect by themselves, and so does its
+// inspection of the queue.
+func amqpBroker(t *testing.T, url string) *broker {
+	t.Helper()
 	queue := uniqueName("idem_test_")
 	cfg := amqpConfig(url)
 
-	admin, err := amqp.DialConfig(url, *cfg.Connection.AmqpConfig)
-	require.NoError(t, err)
+	admin := &amqpAdmin{url: url, cfg: *cfg.Connection.AmqpConfig}
 	t.Cleanup(func() {
-		if ch, err := admin.Channel(); err == nil {
+		if ch, err := admin.channel(); err == nil {
 			_, _ = ch.QueueDelete(queue, false, false, false)
+			_ = ch.Close()
 		}
-		_ = admin.Close()
+		admin.close()
 	})
 
 	pub, err := amqppub.NewPublisher(cfg, watermill.NopLogger{})
@@ -59,7 +67,7 @@ func newAMQPBroker(t *testing.T, _ *pgxpool.Pool) *broker {
 			return sub
 		},
 		unfinished: func(context.Context) (string, error) {
-			ch, err := admin.Channel()
+			ch, err := admin.channel()
 			if err != nil {
 				return "", err
 			}
@@ -81,6 +89,37 @@ func newAMQPBroker(t *testing.T, _ *pgxpool.Pool) *broker {
 	require.NoError(t, sub.SubscribeInitialize(queue))
 	require.NoError(t, sub.Close())
 	return br
+}
+
+// amqpAdmin is a connection for inspecting and deleting queues, dialled again once the
+// server closed it. It is safe for concurrent use.
+type amqpAdmin struct {
+	url  string
+	cfg  amqp.Config
+	mu   sync.Mutex
+	conn *amqp.Connection
+}
+
+// channel opens a channel, on a new connection if there is none or it was closed.
+func (a *amqpAdmin) channel() (*amqp.Channel, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.conn == nil || a.conn.IsClosed() {
+		conn, err := amqp.DialConfig(a.url, a.cfg)
+		if err != nil {
+			return nil, err
+		}
+		a.conn = conn
+	}
+	return a.conn.Channel()
+}
+
+func (a *amqpAdmin) close() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.conn != nil {
+		_ = a.conn.Close()
+	}
 }
 
 func TestRabbitMQ(t *testing.T) {

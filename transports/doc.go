@@ -40,10 +40,11 @@
 // broker holds nothing unacknowledged at the end. TestReplicaProcesses runs three
 // consumer processes on one Redis Streams consumer group, with a fourth that is killed
 // inside its handler's transaction, and checks that nothing is lost and nothing is
-// applied twice. TestNATSRestart and TestRedisRestart stop a broker of their own (a
-// private nats-server or redis-server on a free port) in the middle of consumption and
-// start it again: the subscribers recover by themselves, and each effect still commits
-// once.
+// applied twice. TestNATSRestart, TestRedisRestart and TestRabbitMQRestart stop a broker
+// of their own (a private nats-server, redis-server or RabbitMQ node on free ports) in
+// the middle of consumption and start it again: each effect still commits once. The NATS
+// and Redis subscribers recover by themselves; the RabbitMQ consumers stop with the node
+// and start again after it (docs/transports.md says why).
 //
 // TestNATSJetStreamConfig checks NATSJetStreamConfig's subscribers on a NATS server: two
 // replicas share the durable and each message reaches one of them, the durable outlives
@@ -56,5 +57,6 @@
 // The tests read TEST_DATABASE_URL, TEST_AMQP_URL, TEST_NATS_URL and TEST_REDIS_URL,
 // defaulting to the servers' standard ports on loopback (scripts/test starts them).
 // A test whose server is unreachable is skipped, or fails when CI is set. The restart
-// tests need the nats-server and redis-server programs, with the same rule.
+// tests need the nats-server, redis-server, rabbitmq-server and epmd programs, with the
+// same rule.
 package transports
