@@ -66,6 +66,14 @@ type Config struct {
 	// (the attempt count, the dead letter); they run detached from the delivery's
 	// cancellation. Defaults to middleware.DefaultBookkeepingTimeout.
 	BookkeepingTimeout time.Duration
+	// Batch turns on group commit: the deliveries of a handler that are in flight at
+	// the same time share one transaction and one COMMIT, each event in a savepoint
+	// of its own, acked only after the COMMIT (see middleware.BatchConfig for how
+	// batches form and what a failure does). Set Batch.MaxSize to turn it on; the
+	// store must implement dedup.BatchRunner (both postgres.Store and sqlite.Store
+	// do). Batching pays when many deliveries are in flight: see docs/performance.md
+	// for how to get them on each transport. Defaults to off.
+	Batch middleware.BatchConfig
 	// SkipPayloadHash turns off keeping the SHA-256 of each processed event's payload
 	// with its claim. By default it is kept, and a duplicate whose payload differs (a
 	// producer that reused an event ID for other content) is skipped all the same but
@@ -190,6 +198,12 @@ func (c Config) validate() error {
 	}
 	if _, ok := c.Store.(dedup.StartRecorder); c.CrashGuard > 0 && !ok {
 		return fmt.Errorf("consumer: Config.CrashGuard needs a store that counts started deliveries (dedup.StartRecorder); %T does not", c.Store)
+	}
+	if err := c.Batch.Validate(); err != nil {
+		return fmt.Errorf("consumer: Config.Batch: %w", err)
+	}
+	if _, ok := c.Store.(dedup.BatchRunner); c.Batch.MaxSize > 0 && !ok {
+		return fmt.Errorf("consumer: Config.Batch needs a store that runs batches (dedup.BatchRunner); %T does not", c.Store)
 	}
 	if c.BookkeepingTimeout < 0 {
 		return fmt.Errorf("consumer: Config.BookkeepingTimeout must not be negative, got %s", c.BookkeepingTimeout)
@@ -321,6 +335,9 @@ func (c *Consumer) wrap(name string, h message.HandlerFunc, produce func(context
 		Timeout:         cfg.BookkeepingTimeout,
 		Produce:         produce,
 		SkipPayloadHash: cfg.SkipPayloadHash,
+		Batch:           cfg.Batch,
+		TracerProvider:  cfg.TracerProvider,
+		MeterProvider:   cfg.MeterProvider,
 		Logger:          cfg.Logger,
 	})
 	tracing, _ := middleware.Trace(middleware.TraceConfig{

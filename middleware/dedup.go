@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/idemkit/idem/dedup"
 	"github.com/idemkit/idem/dlq"
@@ -52,6 +54,15 @@ type DedupConfig struct {
 	// level (IDs and hashes only) and counted by Metrics as a conflicting duplicate.
 	// Defaults to false.
 	SkipPayloadHash bool
+	// Batch turns on group commit: the attempts of deliveries in flight at the same
+	// time share one transaction (see BatchConfig). The store must implement
+	// dedup.BatchRunner. Defaults to off.
+	Batch BatchConfig
+	// TracerProvider and MeterProvider record each batch: a span "idem batch" linked
+	// to its deliveries' spans, and the histogram idem.batch.size. They default to
+	// the globals; without Batch they are not used.
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -77,6 +88,21 @@ func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
 	if classify == nil {
 		classify = retry.Classify
 	}
+	if err := cfg.Batch.Validate(); err != nil {
+		return nil, fmt.Errorf("middleware: DedupConfig.Batch: %w", err)
+	}
+	run := cfg.Store.Run
+	if cfg.Batch.MaxSize > 0 {
+		runner, ok := cfg.Store.(dedup.BatchRunner)
+		if !ok {
+			return nil, fmt.Errorf("middleware: DedupConfig.Batch needs a store that runs batches (dedup.BatchRunner); %T does not", cfg.Store)
+		}
+		b, err := newBatcher(runner, cfg.Batch, cfg.TracerProvider, cfg.MeterProvider)
+		if err != nil {
+			return nil, err
+		}
+		run = b.run
+	}
 	timeout := cmp.Or(cfg.Timeout, DefaultBookkeepingTimeout)
 	logger := cmp.Or(cfg.Logger, slog.Default())
 	return func(h message.HandlerFunc) message.HandlerFunc {
@@ -94,7 +120,7 @@ func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
 			var produced []*message.Message
 			var timing attemptTiming
 			start := time.Now()
-			claimed, err := cfg.Store.Run(runCtx, d.key, func(txCtx context.Context) error {
+			claimed, err := run(runCtx, d.key, func(txCtx context.Context) error {
 				handlerStart := time.Now()
 				timing.claim, timing.ran = handlerStart.Sub(start), true
 				msg.SetContext(txCtx)

@@ -33,6 +33,9 @@ type delivery struct {
 	// conflict says the delivery was a duplicate whose payload differs from the
 	// processed event's (Dedup).
 	conflict bool
+	// batchSize is the size of the batch its last attempt ran in (Dedup with
+	// batching), 0 outside batches.
+	batchSize int
 
 	// What Trace and Metrics report once the delivery ends. failed lists the failed
 	// attempts, oldest first (Retry); retries counts the in-process retries (Retry);

@@ -38,6 +38,8 @@ const (
 	attrEventID           = "idem.event_id"
 	attrReplayCount       = "idem.replay_count"
 	attrConflict          = "idem.conflicting_duplicate"
+	attrBatchSize         = "idem.batch.size"
+	attrBatchFailed       = "idem.batch.failed"
 	attrDeadLetterID      = "idem.dead_letter.id"
 	attrDeadLetterReason  = "idem.dead_letter.reason"
 	attrDeadLetterPrint   = "idem.dead_letter.fingerprint"
@@ -243,6 +245,9 @@ func (t *tracer) finish(span trace.Span, msg *message.Message, d *delivery, err 
 	}
 	if d.conflict {
 		attrs = append(attrs, attribute.Bool(attrConflict, true))
+	}
+	if d.batchSize > 0 {
+		attrs = append(attrs, attribute.Int(attrBatchSize, d.batchSize))
 	}
 	if l := d.letter; l != nil && outcome == dedup.DeadLettered {
 		attrs = append(attrs, attribute.String(attrDeadLetterReason, string(l.Reason)),

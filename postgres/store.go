@@ -78,6 +78,7 @@ var (
 
 type queries struct {
 	claim, keptHash, recordFailure, putDeadLetter, startAttempt, finishAttempt string
+	claimBatch, keptHashes, unclaim                                            string
 }
 
 // New returns a Store on pool. It runs no SQL: create the schema first with [Migrate]
@@ -99,6 +100,12 @@ func buildQueries(q string) queries {
 	return queries{
 		claim:    `INSERT INTO ` + q + `.processed (consumer, event_id, payload_hash) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
 		keptHash: `SELECT payload_hash FROM ` + q + `.processed WHERE consumer = $1 AND event_id = $2`,
+		claimBatch: `INSERT INTO ` + q + `.processed (consumer, event_id, payload_hash)
+SELECT e.consumer, e.id, e.hash FROM unnest($1::text[], $2::text[], $3::bytea[]) AS e (consumer, id, hash)
+ON CONFLICT DO NOTHING RETURNING consumer, event_id`,
+		keptHashes: `SELECT p.consumer, p.event_id, p.payload_hash FROM ` + q + `.processed AS p
+JOIN unnest($1::text[], $2::text[]) AS k (consumer, id) ON p.consumer = k.consumer AND p.event_id = k.id`,
+		unclaim: `DELETE FROM ` + q + `.processed WHERE consumer = $1 AND event_id = $2`,
 		recordFailure: `INSERT INTO ` + q + `.attempts AS a
     (consumer, event_id, attempts, first_failure_at, last_failure_at, last_error, errors)
 VALUES ($1, $2, 1, now(), now(), $3, jsonb_build_array(jsonb_build_object('at', now(), 'error', $3::text)))

@@ -283,6 +283,8 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		require.False(t, claimed)
 	})
 
+	runBatch(t, newHarness)
+
 	t.Run("LongAndUnicodeIDs", func(t *testing.T) {
 		t.Parallel()
 		h := newHarness(t)
