@@ -26,7 +26,7 @@ type NATSConfig struct {
 	Stream string
 	// Consumer is the durable consumer's name, and the deliver group its replicas join
 	// (watermill-nats QueueGroupPrefix and DurablePrefix). Use the idem consumer's name,
-	// the handler name given to consumer.AddConsumerHandler: each idem consumer then has
+	// the handler name given to Consumer.AddConsumerHandler: each idem consumer then has
 	// a durable of its own, and every replica of it shares that one. Required.
 	Consumer string
 	// Subject, when set, is the only subject of the stream the consumer reads (its
@@ -95,7 +95,8 @@ type NATSJetStream struct {
 // number is negative.
 //
 // Adjust the result as usual (Subscriber.CloseTimeout, Subscriber.NatsOptions,
-// Consumer.MaxAckPending, …); keep what the field docs of NATSJetStream explain.
+// Consumer.MaxAckPending, …); keep what the field docs of NATSJetStream explain. Each
+// call returns new values; it is safe for concurrent use.
 func NATSJetStreamConfig(cfg NATSConfig) (NATSJetStream, error) {
 	if err := cfg.validate(); err != nil {
 		return NATSJetStream{}, err
