@@ -1,6 +1,7 @@
 package dlq
 
 import (
+	"math"
 	"slices"
 	"strings"
 	"unicode/utf8"
@@ -68,7 +69,9 @@ const (
 // could hold. Where a form is ambiguous it redacts more than the secret rather than
 // less: a line such as "password: must be 8 characters" loses its message. Invalid
 // UTF-8 and NUL bytes are replaced by U+FFFD, so that the result can be stored as is
-// in a PostgreSQL text column. Secrets are redacted before truncation, which never
+// in a PostgreSQL text column. Only the first 16 × max bytes of s (at least 64 KiB)
+// are read, so that a huge error costs no more than that. Secrets are redacted before
+// truncation, which never
 // splits a UTF-8 sequence and ends the text with "…(truncated)" within max bytes (or
 // cuts without the marker when max is shorter than it). Stacks do not belong in s:
 // they stay in logs and spans.
@@ -77,6 +80,11 @@ const (
 func ScrubError(s string, max int) string {
 	if max <= 0 {
 		max = DefaultMaxErrorLength
+	}
+	if window := scrubWindow(max); len(s) > window {
+		// Text far past what is kept is never read: a megabyte of error must cost
+		// no more than the window.
+		s = s[:window]
 	}
 	s = strings.ToValidUTF8(s, "\uFFFD")
 	s = strings.ReplaceAll(s, "\x00", "\uFFFD")
@@ -87,6 +95,16 @@ func ScrubError(s string, max int) string {
 		}
 	}
 	return truncate(s, max)
+}
+
+// scrubWindow is how much of a text ScrubError reads to return at most max bytes:
+// sixteen times max, and at least 64 KiB, so that redactions that shorten the text
+// (a long key replaced by REDACTED) still leave max bytes to keep.
+func scrubWindow(limit int) int {
+	if limit > math.MaxInt/16 {
+		return math.MaxInt
+	}
+	return max(16*limit, 64<<10)
 }
 
 // credentialAfterScheme reports whether a bearerRE match is a credential. After

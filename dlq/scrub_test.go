@@ -598,6 +598,16 @@ func TestScrubErrorTruncate(t *testing.T) {
 		}
 	})
 
+	t.Run("HugeTextIsReadOnlyAsFarAsItIsKept", func(t *testing.T) {
+		t.Parallel()
+		huge := "password=s3cret " + strings.Repeat("x", 8<<20) + " token=tail"
+		got := ScrubError(huge, 0)
+		require.LessOrEqual(t, len(got), DefaultMaxErrorLength)
+		require.True(t, strings.HasPrefix(got, "password=REDACTED xxx"), got[:40])
+		require.NotContains(t, got, "s3cret")
+		require.True(t, strings.HasSuffix(got, "…(truncated)"))
+	})
+
 	t.Run("InvalidUTF8", func(t *testing.T) {
 		t.Parallel()
 		got := ScrubError("bad \xff\xfe byte", 0)

@@ -73,7 +73,7 @@ type Webhook struct {
 func NewWebhook(cfg WebhookConfig) (*Webhook, error) {
 	u, err := url.Parse(cfg.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("dlq: WebhookConfig.URL must be an http or https URL, got %q", redactURL(cfg.URL))
+		return nil, fmt.Errorf("dlq: WebhookConfig.URL must be an http or https URL, got %q", RedactURL(cfg.URL))
 	}
 	cfg.Timeout = cmp.Or(cfg.Timeout, DefaultWebhookTimeout)
 	cfg.Retries = cmp.Or(cfg.Retries, DefaultWebhookRetries)
@@ -91,14 +91,6 @@ func NewWebhook(cfg WebhookConfig) (*Webhook, error) {
 		cfg.Retries = 0
 	}
 	return &Webhook{cfg: cfg}, nil
-}
-
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(unparsable)"
-	}
-	return u.Redacted()
 }
 
 // Alert posts a, retrying on network errors, 429 and 5xx answers with backoff, until
@@ -121,7 +113,7 @@ func (w *Webhook) Alert(ctx context.Context, a Alert) error {
 			case <-t.C:
 			case <-ctx.Done():
 				t.Stop()
-				return fmt.Errorf("dlq: webhook %s: %w (last failure: %w)", redactURL(w.cfg.URL), ctx.Err(), last)
+				return fmt.Errorf("dlq: webhook %s: %w (last failure: %w)", RedactURL(w.cfg.URL), ctx.Err(), last)
 			}
 		}
 		retry, err := w.post(ctx, body)
@@ -153,7 +145,7 @@ func (w *Webhook) post(ctx context.Context, body []byte) (retry bool, err error)
 		if errors.As(err, &uerr) {
 			err = uerr.Err // the URL may hold a token; say it once, redacted
 		}
-		return true, fmt.Errorf("dlq: webhook %s: %w", redactURL(w.cfg.URL), err)
+		return true, fmt.Errorf("dlq: webhook %s: %w", RedactURL(w.cfg.URL), err)
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
@@ -161,5 +153,5 @@ func (w *Webhook) post(ctx context.Context, body []byte) (retry bool, err error)
 		return false, nil
 	}
 	return resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500,
-		fmt.Errorf("dlq: webhook %s answered %s", redactURL(w.cfg.URL), resp.Status)
+		fmt.Errorf("dlq: webhook %s answered %s", RedactURL(w.cfg.URL), resp.Status)
 }

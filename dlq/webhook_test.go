@@ -3,6 +3,7 @@ package dlq_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -51,6 +52,25 @@ func TestWebhook(t *testing.T) {
 		require.Equal(t, "billing", got.Alert.Consumer)
 		require.Equal(t, "exhausted", got.Alert.Reason)
 		require.Equal(t, []string{"evt-1"}, got.Alert.EventIDs)
+	})
+
+	t.Run("ErrorsNeverHoldTheURLsSecrets", func(t *testing.T) {
+		t.Parallel()
+		const secret = "s3cr3tPathPart"
+		failing := &http.Client{Transport: roundTripFunc(func(*http.Request) (*http.Response, error) {
+			return nil, errors.New("connection refused")
+		})}
+		w, err := dlq.NewWebhook(dlq.WebhookConfig{
+			URL:    "https://hooks.slack.com/services/T0000/B0000/" + secret + "?token=" + secret,
+			Client: failing, Retries: -1,
+		})
+		require.NoError(t, err)
+		err = w.Alert(context.Background(), sampleAlert())
+		require.ErrorContains(t, err, "connection refused")
+		require.NotContains(t, err.Error(), secret)
+		_, err = dlq.NewWebhook(dlq.WebhookConfig{URL: "ftp://u:" + secret + "@host/x"})
+		require.ErrorContains(t, err, "must be an http or https URL")
+		require.NotContains(t, err.Error(), secret)
 	})
 
 	t.Run("RetriesServerErrorsThenSucceeds", func(t *testing.T) {
@@ -163,3 +183,7 @@ func TestAlertText(t *testing.T) {
 	a.Summary, a.Count = true, 41
 	require.Contains(t, a.Text(), "41 more dead letters")
 }
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

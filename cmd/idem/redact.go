@@ -19,16 +19,19 @@ var urlRE = regexp.MustCompile("(?i)\\b[a-z][a-z0-9+.\\-]*://[^\\s\"'<>`]*")
 
 // redactURL returns the URL raw fit to print: its userinfo, a user and a password or a
 // lone token (nats://TOKEN@host), becomes REDACTED, and so do the values of its
-// secret-looking query parameters (password=, token=, sig=, …; see secretParam). It
-// reads raw as text, as url.Parse would split it, so that a URL that does not parse is
-// redacted too; where raw is ambiguous it redacts more, never less: everything before
-// the last @ is userinfo. It never reformats the rest, and redacting twice changes
-// nothing. Text that is not a URL, such as a key=value DSN, goes through
-// dlq.ScrubError.
+// secret-looking query parameters (password=, token=, sig=, …; see secretParam). A
+// URL that parses goes through dlq.RedactURL; one that does not is read as text, as
+// url.Parse would split it, and where it is ambiguous redacted more, never less:
+// everything before the last @ is userinfo. It never reformats the rest, and
+// redacting twice changes nothing. Text that is not a URL, such as a key=value DSN,
+// goes through dlq.ScrubError.
 func redactURL(raw string) string {
 	scheme, rest, ok := strings.Cut(raw, "://")
 	if !ok {
 		return dlq.ScrubError(raw, math.MaxInt)
+	}
+	if u, err := url.Parse(raw); err == nil && u.Host != "" {
+		return dlq.RedactURL(raw)
 	}
 	if at := strings.LastIndex(rest, "@"); at >= 0 {
 		rest = redacted + rest[at:]

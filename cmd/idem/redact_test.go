@@ -30,6 +30,7 @@ func TestRedactURL(t *testing.T) {
 		"redis://127.0.0.1:6379":                                      "redis://127.0.0.1:6379",
 		"postgres://REDACTED@db/app?password=REDACTED":                "postgres://REDACTED@db/app?password=REDACTED",
 		"host=db password=s3cret":                                     "host=db password=REDACTED",
+		"https://hooks.example/p?email=a@b.com&token=s3cret":          "https://hooks.example/p?email=a@b.com&token=REDACTED", // an @ in the query is no userinfo
 	} {
 		require.Equal(t, want, redactURL(in), in)
 		require.Equal(t, want, redactURL(want), "redacting twice changes nothing: %s", in)
