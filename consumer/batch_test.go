@@ -21,7 +21,9 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/idemkit/idem/consumer"
+	"github.com/idemkit/idem/dedup"
 	"github.com/idemkit/idem/dlq"
+	"github.com/idemkit/idem/internal/testdb"
 	"github.com/idemkit/idem/middleware"
 	"github.com/idemkit/idem/postgres"
 	"github.com/idemkit/idem/retry"
@@ -404,4 +406,36 @@ func TestBatchWithCrashGuard(t *testing.T) {
 		require.Equal(t, 1, b.effectsOf(t, id), id)
 	}
 	require.Equal(t, 1, b.deadLetters(t))
+}
+
+// plainStore hides every optional interface of the store it wraps.
+type plainStore struct{ store *postgres.Store }
+
+func (p plainStore) Run(ctx context.Context, key dedup.Key, fn func(context.Context) error) (bool, error) {
+	return p.store.Run(ctx, key, fn)
+}
+
+func (p plainStore) RecordFailure(ctx context.Context, key dedup.Key, cause string) (int, error) {
+	return p.store.RecordFailure(ctx, key, cause)
+}
+
+func (p plainStore) Put(ctx context.Context, d *dlq.DeadLetter) (bool, error) { return p.store.Put(ctx, d) }
+
+func TestBatchConfigIsValidated(t *testing.T) {
+	t.Parallel()
+	store, _ := testdb.Store(t)
+	for _, tt := range []struct {
+		cfg  consumer.Config
+		want string
+	}{
+		{consumer.Config{Store: store, Batch: middleware.BatchConfig{MaxSize: -1}}, "consumer: Config.Batch: MaxSize must be from 0 (off) to 10000, got -1"},
+		{consumer.Config{Store: store, Batch: middleware.BatchConfig{MaxSize: 10001}}, "MaxSize must be from 0 (off) to 10000"},
+		{consumer.Config{Store: store, Batch: middleware.BatchConfig{MaxSize: 8, MaxWait: -time.Second}}, "MaxWait must not be negative"},
+		{consumer.Config{Store: store, Batch: middleware.BatchConfig{MaxWait: time.Second}}, "MaxWait 1s is set but MaxSize is 0"},
+		{consumer.Config{Store: store, Batch: middleware.BatchConfig{MaxSize: 8, Transactions: -1}}, "Transactions must be from 0 (the default, 4) to 1000, got -1"},
+		{consumer.Config{Store: plainStore{store}, Batch: middleware.BatchConfig{MaxSize: 8}}, "Config.Batch needs a store that runs batches (dedup.BatchRunner)"},
+	} {
+		_, err := consumer.New(tt.cfg)
+		require.ErrorContains(t, err, tt.want)
+	}
 }

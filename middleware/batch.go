@@ -1,6 +1,7 @@
 package middleware
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"sync"
@@ -46,7 +47,14 @@ type BatchConfig struct {
 	// before it runs, unless it is full. Defaults to 0: it runs at once, with the
 	// deliveries that arrived while the previous batch ran.
 	MaxWait time.Duration
+	// Transactions is how many batches of one consumer may be in their transactions
+	// at the same time, each on a connection of its own: while all are, arriving
+	// deliveries gather into the next batch. Defaults to DefaultBatchTransactions.
+	Transactions int
 }
+
+// DefaultBatchTransactions is BatchConfig.Transactions by default.
+const DefaultBatchTransactions = 4
 
 // Validate reports whether c is usable, naming the field that is not.
 func (c BatchConfig) Validate() error {
@@ -55,6 +63,8 @@ func (c BatchConfig) Validate() error {
 		return fmt.Errorf("MaxSize must be from 0 (off) to %d, got %d", MaxBatchSize, c.MaxSize)
 	case c.MaxWait < 0:
 		return fmt.Errorf("MaxWait must not be negative, got %s", c.MaxWait)
+	case c.Transactions < 0 || c.Transactions > 1000:
+		return fmt.Errorf("Transactions must be from 0 (the default, %d) to 1000, got %d", DefaultBatchTransactions, c.Transactions)
 	case c.MaxWait > 0 && c.MaxSize == 0:
 		return fmt.Errorf("MaxWait %s is set but MaxSize is 0: set MaxSize to turn batching on", c.MaxWait)
 	}
@@ -68,7 +78,7 @@ type batcher struct {
 	maxWait time.Duration
 	tracer  trace.Tracer
 	sizes   metric.Int64Histogram
-	// turn holds a token while a batch of this consumer is in its transaction.
+	// turn holds a token for each batch of this consumer in its transaction.
 	turn chan struct{}
 
 	mu   sync.Mutex
@@ -98,7 +108,7 @@ func newBatcher(runner dedup.BatchRunner, cfg BatchConfig, tp trace.TracerProvid
 	return &batcher{
 		runner: runner, maxSize: cfg.MaxSize, maxWait: cfg.MaxWait,
 		tracer: tp.Tracer(instrumentationScope), sizes: sizes,
-		turn: make(chan struct{}, 1),
+		turn: make(chan struct{}, cmp.Or(cfg.Transactions, DefaultBatchTransactions)),
 	}, nil
 }
 
@@ -124,7 +134,7 @@ func (b *batcher) run(ctx context.Context, key dedup.Key, fn func(context.Contex
 		return it.Claimed, it.Err
 	}
 
-	b.turn <- struct{}{} // the consumer's previous batch has committed
+	b.turn <- struct{}{} // fewer than Transactions batches of the consumer are running
 	if b.maxWait > 0 {
 		t := time.NewTimer(b.maxWait)
 		select {

@@ -97,11 +97,23 @@ func (s *Store) RunBatch(ctx context.Context, items []*dedup.BatchItem) {
 	}
 
 	run := &bulk.Run[pgx.Tx]{}
+	var lastWriter *dedup.BatchItem // its savepoint is not known to be sound yet
 	for _, it := range live {
 		if !it.Claimed {
 			continue
 		}
-		if err := s.runItem(tx, run, it); err != nil {
+		if err := s.runItem(tx, run, it, &lastWriter); err != nil {
+			rollback(ctx, tx)
+			failAll(live, &storeError{Op: "isolate an event of " + op, Err: err})
+			return
+		}
+	}
+	if lastWriter != nil {
+		_, err := tx.Exec(ctx, "RELEASE SAVEPOINT "+itemSavepoint)
+		if aborted(err) {
+			err = s.failAborted(ctx, tx, lastWriter)
+		}
+		if err != nil {
 			rollback(ctx, tx)
 			failAll(live, &storeError{Op: "isolate an event of " + op, Err: err})
 			return
@@ -118,36 +130,59 @@ func (s *Store) RunBatch(ctx context.Context, items []*dedup.BatchItem) {
 }
 
 // runItem runs the handler of one claimed item of a batch in its own savepoint,
-// opened lazily. It returns an error only when the store's own statements fail.
-func (s *Store) runItem(tx pgx.Tx, run *bulk.Run[pgx.Tx], it *dedup.BatchItem) error {
-	itx := &itemTx{Tx: tx}
-	run.SetCurrent(it)
-	err := it.Fn(bulk.NewContext(ContextWithTx(it.Ctx, itx), run))
-	run.SetCurrent(nil)
+// opened with the handler's first statement. A savepoint is not released when its
+// handler returns: the next one opened shows that it is sound, or, failing with
+// SQLSTATE 25P02, that the handler before returned nil after an SQL error aborted its
+// part of the transaction; that item is then failed, and this one run again. lastWriter
+// is the item whose savepoint is not known to be sound yet. runItem returns an error
+// only when the store's own statements fail.
+func (s *Store) runItem(tx pgx.Tx, run *bulk.Run[pgx.Tx], it *dedup.BatchItem, lastWriter **dedup.BatchItem) error {
 	ctx := context.WithoutCancel(it.Ctx)
-	if err == nil && itx.open {
-		_, rerr := tx.Exec(ctx, "RELEASE SAVEPOINT "+itemSavepoint)
-		var pgErr *pgconn.PgError
-		if rerr != nil && !(errors.As(rerr, &pgErr) && pgErr.Code == "25P02") {
-			return rerr
+	for {
+		itx := &itemTx{Tx: tx}
+		run.SetCurrent(it)
+		err := it.Fn(bulk.NewContext(ContextWithTx(it.Ctx, itx), run))
+		run.SetCurrent(nil)
+		if itx.prevAborted && *lastWriter != nil {
+			if err := s.failAborted(ctx, tx, *lastWriter); err != nil {
+				return err
+			}
+			*lastWriter = nil
+			continue // its first statement never ran: run it again on a sound transaction
 		}
-		if rerr != nil {
-			// The handler swallowed an SQL error: its savepoint is aborted, and
-			// committing it would fail the whole batch.
-			err = fmt.Errorf("postgres: the handler returned nil after an SQL error aborted its part of the transaction: %w", pgx.ErrTxCommitRollback)
+		if itx.open {
+			*lastWriter = nil // opening a savepoint after it showed the last writer's sound
 		}
-	}
-	if err == nil {
-		return nil
-	}
-	it.Err = err
-	if itx.open {
-		if _, rerr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+itemSavepoint); rerr != nil {
-			return rerr
+		if err == nil {
+			if itx.open {
+				*lastWriter = it
+			}
+			return nil
 		}
+		it.Err = err
+		b := &pgx.Batch{}
+		if itx.open {
+			b.Queue("ROLLBACK TO SAVEPOINT " + itemSavepoint)
+		}
+		b.Queue(s.sql.unclaim, it.Key.Consumer, it.Key.EventID)
+		return tx.SendBatch(ctx, b).Close()
 	}
-	_, derr := tx.Exec(ctx, s.sql.unclaim, it.Key.Consumer, it.Key.EventID)
-	return derr
+}
+
+// failAborted fails it, whose handler returned nil after an SQL error aborted its
+// savepoint (the newest): the savepoint is rolled back, and its claim removed.
+func (s *Store) failAborted(ctx context.Context, tx pgx.Tx, it *dedup.BatchItem) error {
+	it.Err = fmt.Errorf("postgres: the handler returned nil after an SQL error aborted its part of the transaction: %w", pgx.ErrTxCommitRollback)
+	b := &pgx.Batch{}
+	b.Queue("ROLLBACK TO SAVEPOINT " + itemSavepoint)
+	b.Queue(s.sql.unclaim, it.Key.Consumer, it.Key.EventID)
+	return tx.SendBatch(ctx, b).Close()
+}
+
+// aborted reports whether err is SQLSTATE 25P02: the transaction is aborted.
+func aborted(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "25P02"
 }
 
 // checkConflicts sets a *dedup.ConflictingDuplicateError on each duplicate whose
@@ -218,12 +253,16 @@ func (i isolation) Unclaim(ctx context.Context, key dedup.Key) error {
 func (i isolation) TxContext(ctx context.Context) context.Context { return ContextWithTx(ctx, i.tx) }
 
 // itemTx is the transaction one event's handler gets in a batch: the batch's, with a
-// savepoint opened before the handler's first statement, so that its writes can be
-// rolled back alone. Commit and Rollback are refused: the batch commits once. Its
-// LargeObjects and Conn are the batch's own, without the savepoint.
+// savepoint opened with the handler's first statement (in the same round trip, for
+// Exec), so that its writes can be rolled back alone. Commit and Rollback are refused:
+// the batch commits once. Its LargeObjects and Conn are the batch's own, without the
+// savepoint.
 type itemTx struct {
 	pgx.Tx
 	open bool
+	// prevAborted says opening the savepoint failed because an earlier handler's
+	// savepoint was aborted (SQLSTATE 25P02).
+	prevAborted bool
 }
 
 // errItemTxManaged is returned by itemTx's Commit and Rollback.
@@ -233,11 +272,19 @@ func (t *itemTx) savepoint(ctx context.Context) error {
 	if t.open {
 		return nil
 	}
-	if _, err := t.Tx.Exec(ctx, "SAVEPOINT "+itemSavepoint); err != nil {
-		return err
+	_, err := t.Tx.Exec(ctx, "SAVEPOINT "+itemSavepoint)
+	return t.opened(err)
+}
+
+// opened records the outcome of opening the savepoint.
+func (t *itemTx) opened(err error) error {
+	switch {
+	case err == nil:
+		t.open = true
+	case aborted(err):
+		t.prevAborted = true
 	}
-	t.open = true
-	return nil
+	return err
 }
 
 func (t *itemTx) Begin(ctx context.Context) (pgx.Tx, error) {
@@ -272,10 +319,38 @@ func (t *itemTx) Prepare(ctx context.Context, name, sql string) (*pgconn.Stateme
 }
 
 func (t *itemTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	if err := t.savepoint(ctx); err != nil {
-		return pgconn.CommandTag{}, err
+	if t.open || len(args) > 0 && isExecOption(args[0]) {
+		if err := t.savepoint(ctx); err != nil {
+			return pgconn.CommandTag{}, err
+		}
+		return t.Tx.Exec(ctx, sql, args...)
 	}
-	return t.Tx.Exec(ctx, sql, args...)
+	// The savepoint and the statement in one round trip.
+	b := &pgx.Batch{}
+	b.Queue("SAVEPOINT " + itemSavepoint)
+	b.Queue(sql, args...)
+	br := t.Tx.SendBatch(ctx, b)
+	_, serr := br.Exec()
+	tag, err := br.Exec()
+	cerr := br.Close()
+	if serr != nil {
+		return pgconn.CommandTag{}, t.opened(serr)
+	}
+	t.open = true
+	if err != nil {
+		return tag, err
+	}
+	return tag, cerr
+}
+
+// isExecOption reports whether arg is one of the options pgx reads from the first
+// argument of Exec, which a batched statement would not honour.
+func isExecOption(arg any) bool {
+	switch arg.(type) {
+	case pgx.QueryExecMode, pgx.QueryRewriter:
+		return true
+	}
+	return false
 }
 
 func (t *itemTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
