@@ -419,7 +419,9 @@ func (p plainStore) RecordFailure(ctx context.Context, key dedup.Key, cause stri
 	return p.store.RecordFailure(ctx, key, cause)
 }
 
-func (p plainStore) Put(ctx context.Context, d *dlq.DeadLetter) (bool, error) { return p.store.Put(ctx, d) }
+func (p plainStore) Put(ctx context.Context, d *dlq.DeadLetter) (bool, error) {
+	return p.store.Put(ctx, d)
+}
 
 func TestBatchConfigIsValidated(t *testing.T) {
 	t.Parallel()
