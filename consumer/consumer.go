@@ -74,6 +74,12 @@ type Config struct {
 	// do). Batching pays when many deliveries are in flight: see docs/performance.md
 	// for how to get them on each transport. Defaults to off.
 	Batch middleware.BatchConfig
+	// DelayedRetry turns on delayed retries: a failing event with attempts left is
+	// parked in the store for its next attempt and acked, instead of waiting in-process
+	// or being handed back to the broker, so that it never blocks the messages behind
+	// it. Set DelayedRetry.Publisher to turn it on, and run [Consumer.RunDelayedRetries]
+	// to publish parked events again when due. Defaults to off.
+	DelayedRetry DelayedRetryConfig
 	// SkipPayloadHash turns off keeping the SHA-256 of each processed event's payload
 	// with its claim. By default it is kept, and a duplicate whose payload differs (a
 	// producer that reused an event ID for other content) is skipped all the same but
@@ -125,6 +131,26 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// DelayedRetryConfig configures delayed retries (Config.DelayedRetry).
+type DelayedRetryConfig struct {
+	// Publisher publishes a parked event again, when due, to the topic it was
+	// consumed from: the transport's publisher, or one that writes to the outbox.
+	// Setting it turns delayed retries on; the store must implement dedup.Parker
+	// (both postgres.Store and sqlite.Store do).
+	Publisher message.Publisher
+	// AttemptsPerDelivery is how many attempts one delivery makes in-process before
+	// the event is parked. Defaults to 1: parked on its first failure, its backoff
+	// spent in the store rather than in the consumer.
+	AttemptsPerDelivery int
+	// MaxWait is the longest backoff waited in-process between those attempts (a
+	// retry.After longer than it parks the event at once). Defaults to 0: any, within
+	// the other bounds.
+	MaxWait time.Duration
+	// Interval is how often RunDelayedRetries looks for due events. Defaults to
+	// middleware.DefaultRedeliverInterval.
+	Interval time.Duration
+}
+
 func (c Config) withDefaults() Config {
 	if c.AckDeadline > 0 && c.Retry.MaxElapsedTime == 0 {
 		c.Retry.MaxElapsedTime = c.AckDeadline / 2
@@ -136,13 +162,19 @@ func (c Config) withDefaults() Config {
 		}
 	}
 	c.BookkeepingTimeout = cmp.Or(c.BookkeepingTimeout, middleware.DefaultBookkeepingTimeout)
+	if c.DelayedRetry.Publisher != nil {
+		c.DelayedRetry.AttemptsPerDelivery = cmp.Or(c.DelayedRetry.AttemptsPerDelivery, 1)
+	}
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 	return c
 }
 
 // retryBudget is the longest one delivery can spend in in-process retrying: the backoff
 // waits (each at its cap), bounded by MaxElapsedTime, plus a HandlerTimeout per attempt.
-func retryBudget(p retry.Policy, handlerTimeout time.Duration) (time.Duration, string) {
+func retryBudget(p retry.Policy, handlerTimeout time.Duration, perDelivery int) (time.Duration, string) {
+	if perDelivery > 0 {
+		p.MaxAttempts = min(p.MaxAttempts, perDelivery) // delayed retries park the rest
+	}
 	var waits time.Duration
 	for i := 1; i < p.MaxAttempts; i++ {
 		waits += p.Backoff(i)
@@ -185,7 +217,7 @@ func (c Config) validate() error {
 		return fmt.Errorf("consumer: Config.HandlerTimeout must not be negative, got %s", c.HandlerTimeout)
 	}
 	if c.AckDeadline > 0 {
-		if budget, parts := retryBudget(c.Retry, c.HandlerTimeout); budget >= c.AckDeadline {
+		if budget, parts := retryBudget(c.Retry, c.HandlerTimeout, c.DelayedRetry.AttemptsPerDelivery); budget >= c.AckDeadline {
 			return fmt.Errorf("consumer: the retry budget of one delivery, %s (%s), is not shorter than Config.AckDeadline %s: "+
 				"the broker would redeliver the message while it is still being retried; lower Config.Retry.MaxElapsedTime, "+
 				"Config.Retry.MaxAttempts or Config.HandlerTimeout, or raise the subscriber's ack deadline "+
@@ -204,6 +236,17 @@ func (c Config) validate() error {
 	}
 	if _, ok := c.Store.(dedup.BatchRunner); c.Batch.MaxSize > 0 && !ok {
 		return fmt.Errorf("consumer: Config.Batch needs a store that runs batches (dedup.BatchRunner); %T does not", c.Store)
+	}
+	if dr := c.DelayedRetry; dr.Publisher != nil {
+		if _, ok := c.Store.(dedup.Parker); !ok {
+			return fmt.Errorf("consumer: Config.DelayedRetry needs a store that parks messages (dedup.Parker); %T does not", c.Store)
+		}
+		if dr.AttemptsPerDelivery < 0 || dr.MaxWait < 0 || dr.Interval < 0 {
+			return fmt.Errorf("consumer: Config.DelayedRetry: AttemptsPerDelivery (%d), MaxWait (%s) and Interval (%s) must not be negative",
+				dr.AttemptsPerDelivery, dr.MaxWait, dr.Interval)
+		}
+	} else if c.DelayedRetry != (DelayedRetryConfig{}) {
+		return errors.New("consumer: Config.DelayedRetry is set but its Publisher is not: set DelayedRetry.Publisher to turn delayed retries on")
 	}
 	if c.BookkeepingTimeout < 0 {
 		return fmt.Errorf("consumer: Config.BookkeepingTimeout must not be negative, got %s", c.BookkeepingTimeout)
@@ -319,13 +362,16 @@ func (c *Consumer) wrap(name string, h message.HandlerFunc, produce func(context
 		KeyFunc:   cfg.KeyFunc,
 		Timeout:   cfg.BookkeepingTimeout,
 		Notifiers: cfg.notifiers(),
+		Parker:    c.parker(),
 		Logger:    cfg.Logger,
 	})
 	retrying, _ := middleware.Retry(middleware.RetryConfig{
-		Policy:         cfg.Retry,
-		AckDeadline:    cfg.AckDeadline,
-		AttemptTimeout: cfg.HandlerTimeout,
-		Logger:         cfg.Logger,
+		Policy:                 cfg.Retry,
+		AckDeadline:            cfg.AckDeadline,
+		AttemptTimeout:         cfg.HandlerTimeout,
+		MaxAttemptsPerDelivery: cfg.DelayedRetry.AttemptsPerDelivery,
+		MaxWait:                cfg.DelayedRetry.MaxWait,
+		Logger:                 cfg.Logger,
 	})
 	dedupe, _ := middleware.Dedup(middleware.DedupConfig{
 		Store:           cfg.Store,
@@ -368,6 +414,38 @@ func (c *Consumer) wrap(name string, h message.HandlerFunc, produce func(context
 		h = stack[i](h)
 	}
 	return h
+}
+
+// parker is the store as a dedup.Parker when delayed retries are on, else nil.
+func (c *Consumer) parker() dedup.Parker {
+	if c.cfg.DelayedRetry.Publisher == nil {
+		return nil
+	}
+	return c.cfg.Store.(dedup.Parker)
+}
+
+// ErrNoDelayedRetry is returned by [Consumer.RunDelayedRetries] when
+// Config.DelayedRetry is off.
+var ErrNoDelayedRetry = errors.New("consumer: delayed retries are off: set Config.DelayedRetry.Publisher")
+
+// RunDelayedRetries publishes the events parked for a delayed retry again when due,
+// through Config.DelayedRetry.Publisher, until ctx ends (see middleware.Redeliverer).
+// Run it beside the router, in one or more of the consumer's processes: they share
+// the work. It returns nil when ctx ends.
+func (c *Consumer) RunDelayedRetries(ctx context.Context) error {
+	if c.cfg.DelayedRetry.Publisher == nil {
+		return ErrNoDelayedRetry
+	}
+	r, err := middleware.NewRedeliverer(middleware.RedelivererConfig{
+		Store:     c.parker(),
+		Publisher: c.cfg.DelayedRetry.Publisher,
+		Interval:  c.cfg.DelayedRetry.Interval,
+		Logger:    c.cfg.Logger,
+	})
+	if err != nil {
+		return fmt.Errorf("consumer: %w", err)
+	}
+	return r.Run(ctx)
 }
 
 // WrapConsumer is [Consumer.Wrap] for a handler that produces no messages.

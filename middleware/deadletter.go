@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"sync/atomic"
 	"time"
@@ -62,6 +63,14 @@ type DeadLetterConfig struct {
 	// dead-letter topic; neither ever blocks. Defaults to none: the dead-lettering is
 	// only logged, at error level.
 	Notifiers []Notifier
+	// Parker, when set, turns on delayed retries: a transient failure with attempts
+	// left is parked in the store for its next attempt, due after the backoff, and
+	// acked, instead of handed back to the broker, where it would block what follows
+	// it (watermill-sql, Kafka and Redis resend in place). A [Redeliverer] publishes
+	// it again when due; its attempts keep counting, and the dead-letter rules are
+	// unchanged. A message consumed without a topic in its context is handed back as
+	// before. Defaults to nil: handed back.
+	Parker dedup.Parker
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -99,6 +108,7 @@ func DeadLetter(cfg DeadLetterConfig) (message.HandlerMiddleware, error) {
 		fingerprint: cfg.FingerprintFunc,
 		timeout:     cmp.Or(cfg.Timeout, DefaultBookkeepingTimeout),
 		notifiers:   cfg.Notifiers,
+		parker:      cfg.Parker,
 		logger:      cmp.Or(cfg.Logger, slog.Default()),
 	}
 	if dl.fingerprint == nil {
@@ -119,6 +129,7 @@ type deadLetterer struct {
 	logger      *slog.Logger
 	host        string
 	notifiers   []Notifier
+	parker      dedup.Parker
 	// deferrals counts consecutive deliveries handed back for reasons that are not the
 	// message's fault; it paces consumption while they go on.
 	deferrals atomic.Int64
@@ -150,11 +161,36 @@ func (dl *deadLetterer) middleware(h message.HandlerFunc) message.HandlerFunc {
 		case d.failures >= dl.policy.MaxAttempts:
 			return dl.deadLetter(msg, d, dlq.ReasonExhausted, err, d.failures)
 		}
+		if topic := message.SubscribeTopicFromCtx(msg.Context()); dl.parker != nil && topic != "" {
+			return dl.park(msg, d, topic, err)
+		}
 		d.outcome = dedup.Retried
 		dl.logger.LogAttrs(msg.Context(), slog.LevelWarn, "idem: attempt failed, handing the message back for redelivery",
 			append(logAttrs(msg, d), slog.Int("failures", d.failures), slog.Int("max_attempts", dl.policy.MaxAttempts), slog.String("error", err.Error()))...)
 		return nil, err
 	}
+}
+
+// park keeps msg in the store for its next attempt, due after the backoff, and acks
+// it; when parking fails, msg is handed back to the broker, not its fault.
+func (dl *deadLetterer) park(msg *message.Message, d *delivery, topic string, cause error) ([]*message.Message, error) {
+	ctx := msg.Context()
+	delay := d.nextWait
+	if delay == 0 {
+		delay = dl.policy.Delay(max(d.failures, 1), cause)
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dl.timeout)
+	defer cancel()
+	err := dl.parker.Park(wctx, dedup.Parked{Key: d.key, Topic: topic, Payload: msg.Payload, Metadata: maps.Clone(msg.Metadata), Delay: delay})
+	if err != nil {
+		return dl.deferral(msg, d, retry.Infrastructure(fmt.Errorf("parking the message for a delayed retry failed, it goes back to the broker: %w (the message failed with: %v)", err, cause)))
+	}
+	d.outcome, d.parkedFor = dedup.Retried, delay
+	dl.deferrals.Store(0)
+	dl.logger.LogAttrs(ctx, slog.LevelWarn, "idem: attempt failed, parked for a delayed retry",
+		append(logAttrs(msg, d), slog.Int("failures", d.failures), slog.Int("max_attempts", dl.policy.MaxAttempts),
+			slog.Duration("delay", delay), slog.String("error", cause.Error()))...)
+	return nil, nil
 }
 
 // deferral hands msg back to the broker without spending its budget, after a back-off

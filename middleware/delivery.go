@@ -33,6 +33,11 @@ type delivery struct {
 	// conflict says the delivery was a duplicate whose payload differs from the
 	// processed event's (Dedup).
 	conflict bool
+	// nextWait is the backoff Retry computed before the next attempt when it handed
+	// the message back instead of waiting (0 when it did not).
+	nextWait time.Duration
+	// parkedFor is how long the message was parked for a delayed retry (DeadLetter).
+	parkedFor time.Duration
 	// batchSize is the size of the batch its last attempt ran in (Dedup with
 	// batching), 0 outside batches.
 	batchSize int

@@ -28,6 +28,15 @@ type RetryConfig struct {
 	// fault). Keep it, times the attempts, within the ack deadline. Defaults to 0: no
 	// bound of its own.
 	AttemptTimeout time.Duration
+	// MaxAttemptsPerDelivery bounds the attempts one delivery makes in-process: past
+	// it, the message is handed back (or, with delayed retries, parked by
+	// [DeadLetter]) for its next attempt, freeing the consumer. Defaults to 0: no
+	// bound of its own.
+	MaxAttemptsPerDelivery int
+	// MaxWait is the longest wait Retry sleeps in-process before the next attempt
+	// (a retry.After longer than it, say); a longer one hands the message back, or
+	// has it parked, instead. Defaults to 0: no bound of its own.
+	MaxWait time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -59,6 +68,12 @@ func Retry(cfg RetryConfig) (message.HandlerMiddleware, error) {
 	}
 	if cfg.AttemptTimeout < 0 {
 		return nil, fmt.Errorf("middleware: RetryConfig.AttemptTimeout must not be negative, got %s", cfg.AttemptTimeout)
+	}
+	if cfg.MaxAttemptsPerDelivery < 0 {
+		return nil, fmt.Errorf("middleware: RetryConfig.MaxAttemptsPerDelivery must not be negative, got %d", cfg.MaxAttemptsPerDelivery)
+	}
+	if cfg.MaxWait < 0 {
+		return nil, fmt.Errorf("middleware: RetryConfig.MaxWait must not be negative, got %s", cfg.MaxWait)
 	}
 	logger := cmp.Or(cfg.Logger, slog.Default())
 	return func(h message.HandlerFunc) message.HandlerFunc {
@@ -92,8 +107,11 @@ func Retry(cfg RetryConfig) (message.HandlerMiddleware, error) {
 					return nil, err
 				}
 				wait := p.Delay(d.failures, err)
-				if hasDeadline && !time.Now().Add(wait).Before(deadline) {
-					return nil, err // hand it back to the broker; the attempts so far stay counted
+				if hasDeadline && !time.Now().Add(wait).Before(deadline) ||
+					cfg.MaxAttemptsPerDelivery > 0 && attempt >= cfg.MaxAttemptsPerDelivery ||
+					cfg.MaxWait > 0 && wait > cfg.MaxWait {
+					d.nextWait = wait // for a delayed retry, the wait computed once
+					return nil, err   // hand it back to the broker; the attempts so far stay counted
 				}
 				d.failed[len(d.failed)-1].wait = wait
 				attrs := append(logAttrs(msg, d),

@@ -40,6 +40,7 @@ const (
 	attrConflict          = "idem.conflicting_duplicate"
 	attrBatchSize         = "idem.batch.size"
 	attrBatchFailed       = "idem.batch.failed"
+	attrParkedFor         = "idem.retry.parked_for"
 	attrDeadLetterID      = "idem.dead_letter.id"
 	attrDeadLetterReason  = "idem.dead_letter.reason"
 	attrDeadLetterPrint   = "idem.dead_letter.fingerprint"
@@ -248,6 +249,9 @@ func (t *tracer) finish(span trace.Span, msg *message.Message, d *delivery, err 
 	}
 	if d.batchSize > 0 {
 		attrs = append(attrs, attribute.Int(attrBatchSize, d.batchSize))
+	}
+	if d.parkedFor > 0 {
+		attrs = append(attrs, attribute.Float64(attrParkedFor, d.parkedFor.Seconds()))
 	}
 	if l := d.letter; l != nil && outcome == dedup.DeadLettered {
 		attrs = append(attrs, attribute.String(attrDeadLetterReason, string(l.Reason)),
