@@ -1,12 +1,10 @@
 package consumer_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -340,24 +338,7 @@ func TestBatchSurvivesSIGKILL(t *testing.T) {
 	b := setup(t)
 	run := func(mode string) (killed bool, out string) {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), batchChildEnv+"="+b.store.Schema()+":"+mode, "TEST_DATABASE_URL="+testdbURL())
-		stdout, err := cmd.StdoutPipe()
-		require.NoError(t, err)
-		require.NoError(t, cmd.Start())
-		var lines []string
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines = append(lines, sc.Text())
-			if sc.Text() == "in batch" {
-				require.NoError(t, cmd.Process.Kill())
-				killed = true
-			}
-		}
-		_ = cmd.Wait()
-		return killed, strings.Join(lines, "\n")
+		return runChild(t, batchChildEnv+"="+b.store.Schema()+":"+mode, "in batch")
 	}
 	killed, out := run("kill")
 	require.True(t, killed, out)

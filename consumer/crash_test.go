@@ -69,24 +69,7 @@ func TestCrashLoopingMessageIsDeadLettered(t *testing.T) {
 	b := setup(t)
 	run := func() (killed bool, out string) {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), crashChildEnv+"="+b.store.Schema(), "TEST_DATABASE_URL="+testdbURL())
-		stdout, err := cmd.StdoutPipe()
-		require.NoError(t, err)
-		require.NoError(t, cmd.Start())
-		var lines []string
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines = append(lines, sc.Text())
-			if sc.Text() == "in handler" {
-				require.NoError(t, cmd.Process.Kill()) // SIGKILL mid-handler
-				killed = true
-			}
-		}
-		_ = cmd.Wait()
-		return killed, strings.Join(lines, "\n")
+		return runChild(t, crashChildEnv+"="+b.store.Schema(), "in handler")
 	}
 
 	for i := 1; i <= 3; i++ {
@@ -108,4 +91,29 @@ func TestCrashLoopingMessageIsDeadLettered(t *testing.T) {
 	n, err := b.store.StartAttempt(context.Background(), dedupKey("orders", "evt-crash"))
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
+}
+
+// runChild runs this test binary again as a consumer process, with env set, and
+// SIGKILLs it when it prints killOn, as an OOM kill or a crash would. It returns
+// whether it killed it, and everything it printed.
+func runChild(t *testing.T, env, killOn string) (killed bool, out string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), env, "TEST_DATABASE_URL="+testdbURL())
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	var lines []string
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+		if sc.Text() == killOn {
+			require.NoError(t, cmd.Process.Kill())
+			killed = true
+		}
+	}
+	_ = cmd.Wait()
+	return killed, strings.Join(lines, "\n")
 }

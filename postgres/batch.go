@@ -74,7 +74,7 @@ func (s *Store) RunBatch(ctx context.Context, items []*dedup.BatchItem) {
 	}
 	if err := errors.Join(claimErr, br.Close()); err != nil {
 		rollback(ctx, tx)
-		failAll(live, &storeError{Op: "claim " + op, Err: err})
+		bulk.FailAll(live, &storeError{Op: "claim " + op, Err: err})
 		return
 	}
 	claimed := make(map[dedup.Key]bool, len(claimedKeys))
@@ -92,7 +92,7 @@ func (s *Store) RunBatch(ctx context.Context, items []*dedup.BatchItem) {
 	}
 	if err := s.checkConflicts(ctx, tx, duplicates); err != nil {
 		rollback(ctx, tx)
-		failAll(live, &storeError{Op: "read the payload hashes of " + op, Err: err})
+		bulk.FailAll(live, &storeError{Op: "read the payload hashes of " + op, Err: err})
 		return
 	}
 
@@ -104,7 +104,7 @@ func (s *Store) RunBatch(ctx context.Context, items []*dedup.BatchItem) {
 		}
 		if err := s.runItem(tx, run, it, &lastWriter); err != nil {
 			rollback(ctx, tx)
-			failAll(live, &storeError{Op: "isolate an event of " + op, Err: err})
+			bulk.FailAll(live, &storeError{Op: "isolate an event of " + op, Err: err})
 			return
 		}
 	}
@@ -115,17 +115,17 @@ func (s *Store) RunBatch(ctx context.Context, items []*dedup.BatchItem) {
 		}
 		if err != nil {
 			rollback(ctx, tx)
-			failAll(live, &storeError{Op: "isolate an event of " + op, Err: err})
+			bulk.FailAll(live, &storeError{Op: "isolate an event of " + op, Err: err})
 			return
 		}
 	}
 	if err := run.Write(ctx, tx, isolation{s: s, tx: tx}); err != nil {
 		rollback(ctx, tx)
-		failAll(live, &storeError{Op: "write " + op, Err: err})
+		bulk.FailAll(live, &storeError{Op: "write " + op, Err: err})
 		return
 	}
 	if err := tx.Commit(ctx); err != nil {
-		failAll(live, &storeError{Op: "commit " + op, Err: err})
+		bulk.FailAll(live, &storeError{Op: "commit " + op, Err: err})
 	}
 }
 
@@ -217,16 +217,6 @@ func (s *Store) checkConflicts(ctx context.Context, tx pgx.Tx, duplicates []*ded
 		}
 	}
 	return nil
-}
-
-// failAll gives err to every item not already failed by its own handler: none of
-// their effects committed.
-func failAll(items []*dedup.BatchItem, err error) {
-	for _, it := range items {
-		if it.Err == nil || errors.As(it.Err, new(*dedup.ConflictingDuplicateError)) {
-			it.Err = err
-		}
-	}
 }
 
 // isolation gives bulk.Run.Write the batch's savepoints.

@@ -3,7 +3,6 @@ package sqlite
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -37,30 +36,30 @@ func (s *Store) RunBatch(ctx context.Context, items []*dedup.BatchItem) {
 	op := fmt.Sprintf("batch of %d events", len(live))
 	release, err := s.lockWriter(ctx)
 	if err != nil {
-		failAll(live, &storeError{Op: "claim " + op, Err: err})
+		bulk.FailAll(live, &storeError{Op: "claim " + op, Err: err})
 		return
 	}
 	defer release()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		failAll(live, &storeError{Op: "begin " + op, Err: err})
+		bulk.FailAll(live, &storeError{Op: "begin " + op, Err: err})
 		return
 	}
 	run := &bulk.Run[*sql.Tx]{}
 	for _, it := range live {
 		if err := s.runItem(ctx, tx, run, it); err != nil {
 			_ = tx.Rollback()
-			failAll(live, &storeError{Op: "claim or isolate an event of " + op, Err: err})
+			bulk.FailAll(live, &storeError{Op: "claim or isolate an event of " + op, Err: err})
 			return
 		}
 	}
 	if err := run.Write(ctx, tx, isolation{s: s, tx: tx}); err != nil {
 		_ = tx.Rollback()
-		failAll(live, &storeError{Op: "write " + op, Err: err})
+		bulk.FailAll(live, &storeError{Op: "write " + op, Err: err})
 		return
 	}
 	if err := tx.Commit(); err != nil {
-		failAll(live, &storeError{Op: "commit " + op, Err: err})
+		bulk.FailAll(live, &storeError{Op: "commit " + op, Err: err})
 	}
 }
 
@@ -94,16 +93,6 @@ func (s *Store) runItem(ctx context.Context, tx *sql.Tx, run *bulk.Run[*sql.Tx],
 	}
 	_, err = tx.ExecContext(ctx, "RELEASE idem_item")
 	return err
-}
-
-// failAll gives err to every item not already failed by its own handler: none of
-// their effects committed.
-func failAll(items []*dedup.BatchItem, err error) {
-	for _, it := range items {
-		if it.Err == nil || errors.As(it.Err, new(*dedup.ConflictingDuplicateError)) {
-			it.Err = err
-		}
-	}
 }
 
 // isolation gives bulk.Run.Write the batch's savepoints.

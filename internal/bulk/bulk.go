@@ -7,6 +7,7 @@ package bulk
 
 import (
 	"context"
+	"errors"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
@@ -142,5 +143,16 @@ func Handler[Tx, T any](fn func(ctx context.Context, tx Tx, events []T) error,
 			return noTx
 		}
 		return fn(ctx, tx, []T{event})
+	}
+}
+
+// FailAll gives err to every item of a batch not already failed by its own handler
+// (a conflicting duplicate's report included): the batch did not commit, so none of
+// their effects did.
+func FailAll(items []*dedup.BatchItem, err error) {
+	for _, it := range items {
+		if it.Err == nil || errors.As(it.Err, new(*dedup.ConflictingDuplicateError)) {
+			it.Err = err
+		}
 	}
 }
