@@ -34,7 +34,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -50,6 +49,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/idemkit/idem/consumer"
+	"github.com/idemkit/idem/dlq"
 	"github.com/idemkit/idem/middleware"
 	"github.com/idemkit/idem/postgres"
 	"github.com/idemkit/idem/retry"
@@ -560,7 +560,7 @@ func setupPostgres(ctx context.Context, pool *pgxpool.Pool, opts options, g *gat
 	}
 	urlArg := `"$IDEM_DATABASE_URL"`
 	if !opts.urlFromEnv {
-		urlArg = "'" + redactURL(opts.databaseURL) + "'"
+		urlArg = "'" + dlq.RedactURL(opts.databaseURL) + "'"
 	}
 	return &backend{
 		describe: fmt.Sprintf("PostgreSQL %s, schema %s (tables emptied: every run starts clean)", where, opts.schema),
@@ -604,15 +604,6 @@ func setupPostgres(ctx context.Context, pool *pgxpool.Pool, opts options, g *gat
 		},
 		close: pool.Close,
 	}, nil
-}
-
-// redactURL returns a PostgreSQL URL with its password replaced by xxxxx.
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "<the URL given>"
-	}
-	return u.Redacted()
 }
 
 // logCounts counts idem's log records that the summary reports.
