@@ -82,7 +82,8 @@ func (b *testBundle) batchConsumer(t *testing.T, cfg consumer.Config) (*consumer
 func TestBatchPoisonInTheMiddle(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	c, reader := b.batchConsumer(t, consumer.Config{Batch: middleware.BatchConfig{MaxSize: 16, MaxWait: 200 * time.Millisecond}})
+	// MaxSize is the number of deliveries: the batch runs as soon as all joined it.
+	c, reader := b.batchConsumer(t, consumer.Config{Batch: middleware.BatchConfig{MaxSize: 16, MaxWait: time.Second}})
 	var calls sync.Map
 	h := c.WrapConsumer("billing", func(msg *message.Message) error {
 		id := msg.Metadata.Get("event_id")
@@ -135,7 +136,7 @@ func TestBatchPoisonInTheMiddle(t *testing.T) {
 func TestBatchDuplicates(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	c, reader := b.batchConsumer(t, consumer.Config{Batch: middleware.BatchConfig{MaxSize: 8, MaxWait: 200 * time.Millisecond}})
+	c, reader := b.batchConsumer(t, consumer.Config{Batch: middleware.BatchConfig{MaxSize: 4, MaxWait: time.Second}})
 	var runs atomic.Int32
 	h := c.WrapConsumer("billing", func(msg *message.Message) error {
 		runs.Add(1)
@@ -160,7 +161,7 @@ func TestBatchDuplicates(t *testing.T) {
 func TestBatchCommitFailureNeverDeadLetters(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	c, _ := b.batchConsumer(t, consumer.Config{Batch: middleware.BatchConfig{MaxSize: 6, MaxWait: 200 * time.Millisecond}})
+	c, _ := b.batchConsumer(t, consumer.Config{Batch: middleware.BatchConfig{MaxSize: 6, MaxWait: time.Second}})
 	var killed atomic.Bool
 	h := c.WrapConsumer("billing", func(msg *message.Message) error {
 		if err := b.effect(msg.Context(), msg); err != nil {
@@ -212,7 +213,7 @@ func TestBatchCommitFailureNeverDeadLetters(t *testing.T) {
 func TestBatchHandlerWritesABatchInOneCall(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	c, _ := b.batchConsumer(t, consumer.Config{Batch: middleware.BatchConfig{MaxSize: 16, MaxWait: 200 * time.Millisecond}})
+	c, _ := b.batchConsumer(t, consumer.Config{Batch: middleware.BatchConfig{MaxSize: 11, MaxWait: time.Second}})
 	type order struct{ ID, Note string }
 	var calls []int
 	var mu sync.Mutex
@@ -362,7 +363,7 @@ func TestBatchSurvivesSIGKILL(t *testing.T) {
 func TestBatchWithCrashGuard(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	c, _ := b.batchConsumer(t, consumer.Config{CrashGuard: 3, Batch: middleware.BatchConfig{MaxSize: 4, MaxWait: 200 * time.Millisecond}})
+	c, _ := b.batchConsumer(t, consumer.Config{CrashGuard: 3, Batch: middleware.BatchConfig{MaxSize: 4, MaxWait: time.Second}})
 	var runs sync.Map
 	h := c.WrapConsumer("billing", func(msg *message.Message) error {
 		runs.Store(msg.Metadata.Get("event_id"), true)
