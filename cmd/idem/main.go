@@ -27,6 +27,7 @@ var commands = slices.Concat(
 	migrateCommands,
 	dlqCommands,
 	dedupCommands,
+	serveCommands,
 	versionCommands,
 )
 
