@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -250,8 +251,8 @@ func watermillTopic(t *testing.T, topic string) func() []string {
 }
 
 // TestConsoleReplay replays a failure group through its dry run into a watermill-sql
-// topic, on both stores: the dry run publishes nothing and leaves out the dead letter
-// without an event ID; the replay publishes the others at the form's rate, marks them
+// topic, on both stores: the dry run publishes nothing and leaves out the dead letters
+// without an event ID or kept in reduced form, which are refused by ID; the replay publishes the others at the form's rate, marks them
 // replayed with their audit entries, and its progress can be followed. A replay that
 // meets a publish error stops there.
 func TestConsoleReplay(t *testing.T) {
@@ -275,6 +276,8 @@ func TestConsoleReplay(t *testing.T) {
 				d.Fingerprint = "f2"
 				letters = append(letters, d)
 			}
+			reduced := dlq.Reduce(letterFor(topic, "evt-8"), errors.New("ERROR: invalid byte sequence (SQLSTATE 22021)"))
+			letters = append(letters, reduced) // 8, in the first group
 			db, st := backend.open(t, nil, letters...)
 			args := db
 			if backend.name == "SQLite" {
@@ -283,11 +286,16 @@ func TestConsoleReplay(t *testing.T) {
 			b := startConsole(t, nil, args...)
 			group := url.Values{"consumer": {"billing"}, "topic": {topic}, "fingerprint": {"f1"}}.Encode()
 
-			// The dead letter without an event ID, by ID: refused, nothing to confirm.
+			// The dead letter without an event ID, and the one kept in reduced form, by
+			// ID: refused as the command refuses them, nothing to confirm.
 			p := b.get(t, "/replay?id=4")
 			require.Equal(t, http.StatusConflict, p.code, p.body)
 			requireSafePage(t, p)
 			require.Contains(t, p.body, "cannot replay 1 dead letter, nothing was published:\n  dead letter 4: no event ID: the message had none (reason malformed)")
+			require.NotContains(t, p.body, `id="replay-form"`)
+			p = b.get(t, "/replay?id=8")
+			require.Equal(t, http.StatusConflict, p.code, p.body)
+			require.Contains(t, p.body, "dead letter 8: kept in reduced form: the store refused its data")
 			require.NotContains(t, p.body, `id="replay-form"`)
 			p = b.get(t, "/dead-letters/4")
 			require.Contains(t, p.body, "Cannot be replayed: no event ID")
@@ -302,15 +310,16 @@ func TestConsoleReplay(t *testing.T) {
 			require.Contains(t, p.body, `<span id="todo">3</span> messages`)
 			require.Contains(t, p.body, `, to <span class="mono">postgres://REDACTED@`)
 			require.Regexp(t, `<li><a href="/dead-letters/4">dead letter 4</a>: no event ID: the message had none \(reason malformed\)`, p.body)
+			require.Regexp(t, `<li><a href="/dead-letters/8">dead letter 8</a>: kept in reduced form`, p.body)
 			for _, id := range []string{"1", "2", "3"} {
 				require.Contains(t, p.body, `<a href="/dead-letters/`+id+`">`+id+`</a>`)
 			}
 			require.Empty(t, published(), "a dry run publishes nothing")
-			requireUntouched(t, st, 1, 2, 3, 4)
+			requireUntouched(t, st, 1, 2, 3, 4, 8)
 
 			// Confirmed, at 50 messages a second.
 			form := formOf(t, p.body, "replay-form")
-			require.Equal(t, "4", form.Get("limit"), "what the dry run selected, the refused one included")
+			require.Equal(t, "5", form.Get("limit"), "what the dry run selected, the refused ones included")
 			require.Equal(t, "3", form.Get("expected"))
 			form.Set("reason", "fixed in v1.4.2")
 			form.Set("rate", "50")
@@ -333,7 +342,7 @@ func TestConsoleReplay(t *testing.T) {
 			require.NotContains(t, p.body, `http-equiv="refresh"`, "an ended replay's page stays")
 			require.Regexp(t, `replayed 1 \(billing, event evt-1\) to `+topic+`: replay 1, audit entry \d+`, p.body)
 
-			for id, want := range map[int64]dlq.Status{1: dlq.StatusReplayed, 2: dlq.StatusReplayed, 3: dlq.StatusReplayed, 4: dlq.StatusPending} {
+			for id, want := range map[int64]dlq.Status{1: dlq.StatusReplayed, 2: dlq.StatusReplayed, 3: dlq.StatusReplayed, 4: dlq.StatusPending, 8: dlq.StatusPending} {
 				rec, err := st.Get(t.Context(), id)
 				require.NoError(t, err)
 				require.Equal(t, want, rec.Status, id)
@@ -341,7 +350,7 @@ func TestConsoleReplay(t *testing.T) {
 			audit, err := st.Audit(t.Context(), dlq.AuditFilter{})
 			require.NoError(t, err)
 			require.Len(t, audit, 3, "one audit entry per replayed dead letter")
-			selector := regexp.MustCompile(`^consumer=billing topic=` + topic + ` fingerprint=f1 status=pending until=\S+Z limit=4$`)
+			selector := regexp.MustCompile(`^consumer=billing topic=` + topic + ` fingerprint=f1 status=pending until=\S+Z limit=5$`)
 			for i, a := range audit {
 				require.Equal(t, dlq.ActionReplay, a.Action)
 				require.Equal(t, []int64{int64(i + 1)}, a.DeadLetterIDs)
