@@ -55,6 +55,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err := rep.WriteMarkdown(stdout); err != nil {
 		return ExitCannotRun
 	}
+	passed, failed := tally(rep)
+	fmt.Fprintf(stdout, "\nsoak: %d passed, %d failed\n", passed, failed)
 	return exitCode(rep)
 }
 
@@ -69,6 +71,24 @@ func exitCode(rep *Report) int {
 		}
 	}
 	return ExitOK
+}
+
+// tally counts the invariants that held and those violated, over every leg; a leg
+// that could not run counts as one failure.
+func tally(rep *Report) (passed, failed int) {
+	for _, l := range rep.Legs {
+		if l.Error != "" {
+			failed++
+		}
+		for _, inv := range l.Invariants {
+			if inv.Violations > 0 {
+				failed++
+			} else {
+				passed++
+			}
+		}
+	}
+	return passed, failed
 }
 
 func parseFlags(args []string, stderr io.Writer) (Options, string, error) {

@@ -213,6 +213,9 @@ func newBroker(ctx context.Context, cfg LegConfig, pool *pgxpool.Pool) (*broker,
 			return nil, err
 		}
 		_ = init.Close()
+		// A channel per concurrent publish: with confirms, one channel publishes one
+		// message at a time.
+		acfg.Publish.ChannelPoolSize = 16
 		pub, err := amqppub.NewPublisher(acfg, logger)
 		if err != nil {
 			return nil, err

@@ -89,6 +89,12 @@ func TestReport(t *testing.T) {
 		require.Equal(t, ExitViolation, exitCode(sampleReport()))
 		failed := &Report{Legs: []LegReport{{Leg: LegRedis, Error: "redis-server exited at start"}}}
 		require.Equal(t, ExitViolation, exitCode(failed), "a leg that could not run fails the run")
+		passed, fails := tally(sampleReport())
+		require.Equal(t, 9, passed)
+		require.Equal(t, 2, fails)
+		passed, fails = tally(failed)
+		require.Equal(t, 0, passed)
+		require.Equal(t, 1, fails)
 	})
 
 	t.Run("FilesRoundTrip", func(t *testing.T) {
