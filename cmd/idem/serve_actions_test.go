@@ -63,6 +63,7 @@ func TestConsoleCSRF(t *testing.T) {
 		{"OpaqueOrigin", form(token), map[string]string{"Origin": "null", "Sec-Fetch-Site": ""}, "a cross-origin request"},
 		{"OpaqueOriginNotSameOrigin", form(token), map[string]string{"Origin": "null", "Sec-Fetch-Site": "none"}, "a request of an opaque origin"},
 		{"OtherReferer", form(token), map[string]string{"Referer": "http://evil.example/form.html"}, `a request from another page, "http://evil.example/form.html"`},
+		{"OtherRefererPort", form(token), map[string]string{"Referer": "http://127.0.0.1:1/"}, `a request from another page`},
 	} {
 		p := b.post(t, "/discard", tc.form, tc.headers)
 		require.Equal(t, http.StatusForbidden, p.code, "%s: %s", tc.name, p.body)
@@ -77,6 +78,12 @@ func TestConsoleCSRF(t *testing.T) {
 	rec, err := st.Get(t.Context(), 1)
 	require.NoError(t, err)
 	require.Equal(t, dlq.StatusDiscarded, rec.Status)
+
+	// Behind a proxy that terminates TLS, the browser's origin is https: the host is
+	// what must match.
+	p = b.post(t, "/discard", url.Values{"csrf": {token}, "id": {"2"}, "reason": {"behind a proxy"}},
+		map[string]string{"Origin": strings.Replace(b.url, "http://", "https://", 1)})
+	require.Equal(t, []int64{2}, b.waitJob(t, p).Changed)
 
 	// The cookies are HttpOnly and SameSite=Strict.
 	jar := b.get(t, "/")

@@ -199,15 +199,13 @@ func (c *console) cookie(r *http.Request, name, value string) *http.Cookie {
 
 // checkPost refuses a state-changing request that does not come from the console's
 // own pages: one a browser marks cross-origin (Sec-Fetch-Site), one whose Origin or
-// Referer is another site, and one whose form lacks the anti-forgery token of the
-// request's cookie.
+// Referer names another host than the request's, and one whose form lacks the
+// anti-forgery token of the request's cookie. Hosts are compared without their scheme,
+// as http.CrossOriginProtection compares them: behind a proxy that terminates TLS, the
+// browser's origin is https while the console serves http.
 func (c *console) checkPost(r *http.Request, cookie string, hadCookie bool) error {
 	if err := c.cop.Check(r); err != nil {
 		return fmt.Errorf("a cross-origin request (%v)", err)
-	}
-	self := "http://" + r.Host
-	if r.TLS != nil {
-		self = "https://" + r.Host
 	}
 	switch origin := r.Header.Get("Origin"); {
 	case origin == "null":
@@ -216,14 +214,11 @@ func (c *console) checkPost(r *http.Request, cookie string, hadCookie bool) erro
 		if r.Header.Get("Sec-Fetch-Site") != "same-origin" {
 			return errors.New("a request of an opaque origin")
 		}
-	case origin != "" && !strings.EqualFold(origin, self):
-		return fmt.Errorf("a request from another origin, %q", inert(origin))
+	case origin != "" && !sameHost(origin, r.Host):
+		return fmt.Errorf("a request from another origin, %q", inert(shorten(origin, 100)))
 	}
-	if ref := r.Header.Get("Referer"); ref != "" {
-		u, err := url.Parse(ref)
-		if err != nil || !strings.EqualFold(u.Scheme+"://"+u.Host, self) {
-			return fmt.Errorf("a request from another page, %q", inert(shorten(ref, 100)))
-		}
+	if ref := r.Header.Get("Referer"); ref != "" && !sameHost(ref, r.Host) {
+		return fmt.Errorf("a request from another page, %q", inert(shorten(ref, 100)))
 	}
 	if !hadCookie {
 		return errors.New("no anti-forgery cookie: reload the page and try again")
@@ -235,6 +230,13 @@ func (c *console) checkPost(r *http.Request, cookie string, hadCookie bool) erro
 		return errors.New("the form's anti-forgery token is missing or wrong: reload the page and try again")
 	}
 	return nil
+}
+
+// sameHost reports whether the URL raw, an Origin or a Referer, is an http or https
+// URL of host, the request's Host header.
+func sameHost(raw, host string) bool {
+	u, err := url.Parse(raw)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && strings.EqualFold(u.Host, host)
 }
 
 // plainError answers with a short text message.
