@@ -28,6 +28,8 @@ type DeadLetterRow struct {
 	Reason  string
 	Count   int
 	TraceID string
+	// Metadata is the dead-lettered message's metadata, as stored.
+	Metadata map[string]string
 }
 
 // Copy is one published copy of an event: the trace context of its producer span.
@@ -142,7 +144,7 @@ func Check(events []Event, obs Observed) []Invariant {
 		poison.Checked++
 		switch {
 		case len(dls) != 1:
-			poison.fail("%s (%s): %d dead letters", e.ID, e.Class, len(dls))
+			poison.fail("%s (%s): %d dead letters%s", e.ID, e.Class, len(dls), metadataDiff(dls))
 		case dls[0].Reason != e.Class.Reason():
 			poison.fail("%s (%s): dead-lettered as %s, want %s", e.ID, e.Class, dls[0].Reason, e.Class.Reason())
 		case a.Rows > 0 || obs.Processed[e.ID]:
@@ -240,6 +242,32 @@ func Check(events []Event, obs Observed) []Invariant {
 		}
 	}
 	return c.results()
+}
+
+// metadataDiff describes how the metadata of the first two of dls differ: what made
+// one event two dead letters.
+func metadataDiff(dls []DeadLetterRow) string {
+	if len(dls) < 2 {
+		return ""
+	}
+	a, b := dls[0].Metadata, dls[1].Metadata
+	var diffs []string
+	for _, k := range sortedKeys(a) {
+		if v, ok := b[k]; !ok {
+			diffs = append(diffs, fmt.Sprintf("%s=%q only in %s", k, a[k], dls[0].EventID))
+		} else if v != a[k] {
+			diffs = append(diffs, fmt.Sprintf("%s %q in %s, %q in %s", k, a[k], dls[0].EventID, v, dls[1].EventID))
+		}
+	}
+	for _, k := range sortedKeys(b) {
+		if _, ok := a[k]; !ok {
+			diffs = append(diffs, fmt.Sprintf("%s=%q only in %s", k, b[k], dls[1].EventID))
+		}
+	}
+	if len(diffs) == 0 {
+		return fmt.Sprintf(" (stored as %s and %s)", dls[0].EventID, dls[1].EventID)
+	}
+	return " (metadata: " + strings.Join(diffs, "; ") + ")"
 }
 
 // Violations sums the violations of invs.

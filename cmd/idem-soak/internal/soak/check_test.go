@@ -147,13 +147,15 @@ func TestCheck(t *testing.T) {
 	t.Run("MalformedTwiceAndWrongReason", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		b.obs.DeadLetters = append(b.obs.DeadLetters, DeadLetterRow{EventID: "derived:def", SoakID: "evt-bad", Reason: "malformed"})
+		b.obs.DeadLetters[3].Metadata = map[string]string{"soak_note": "x"}
+		b.obs.DeadLetters = append(b.obs.DeadLetters, DeadLetterRow{EventID: "derived:def", SoakID: "evt-bad", Reason: "malformed",
+			Metadata: map[string]string{"soak_note": "x", "x-delivery-count": "1"}})
 		b.obs.Alerted["derived:def"] = 1
 		b.obs.DeadLetters[0].Reason = "exhausted"
 		got := violated(t, b.obs)
 		require.Equal(t, []string{
 			"evt-perm (permanent): dead-lettered as exhausted, want permanent",
-			"evt-bad (malformed): 2 dead letters",
+			`evt-bad (malformed): 2 dead letters (metadata: x-delivery-count="1" only in derived:def)`,
 		}, got["poison-dead-lettered-exactly-once"])
 	})
 

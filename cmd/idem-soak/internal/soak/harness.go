@@ -1173,16 +1173,18 @@ func (r *legRun) observe(ctx context.Context) (Observed, []time.Duration, error)
 	for _, id := range ids {
 		obs.Processed[id] = true
 	}
-	rows, err = db.Query(ctx, "SELECT event_id, payload, reason, count, trace_id FROM "+q+".dead_letters WHERE consumer = $1", consumerName)
+	rows, err = db.Query(ctx, "SELECT event_id, payload, reason, count, trace_id, metadata::text FROM "+q+".dead_letters WHERE consumer = $1 ORDER BY id", consumerName)
 	if err != nil {
 		return obs, nil, err
 	}
 	for rows.Next() {
 		var d DeadLetterRow
 		var body []byte
-		if err := rows.Scan(&d.EventID, &body, &d.Reason, &d.Count, &d.TraceID); err != nil {
+		var md string
+		if err := rows.Scan(&d.EventID, &body, &d.Reason, &d.Count, &d.TraceID, &md); err != nil {
 			return obs, nil, err
 		}
+		d.Metadata, _ = dlq.DecodeMetadata([]byte(md))
 		var p payload
 		if json.Unmarshal(body, &p) == nil {
 			d.SoakID = p.ID
