@@ -173,6 +173,7 @@ func TestConsoleToken(t *testing.T) {
 	p = b.get(t, "/login?next=/dead-letters/1")
 	require.Equal(t, http.StatusOK, p.code)
 	requireSafePage(t, p)
+	require.NotContains(t, p.body, "sqlite:", "the login page says nothing of the store")
 	form := formOf(t, p.body, "login-form")
 	require.Equal(t, "/dead-letters/1", form.Get("next"))
 	form.Set("token", "wrong-token-0123456789")

@@ -103,6 +103,7 @@ type page struct {
 	CSRF     string
 	LoggedIn bool // with a login cookie: show the logout button
 	Refresh  bool // without script, reload every second (a running replay)
+	Public   bool // the login page: nothing about the store
 	Data     any
 }
 
@@ -114,6 +115,9 @@ func (c *console) render(w http.ResponseWriter, r *http.Request, code int, name,
 	}
 	if j, ok := data.(jobView); ok {
 		p.Refresh = j.Running
+	}
+	if name == "login" {
+		p.Public, p.Store = true, ""
 	}
 	var buf bytes.Buffer
 	if err := c.pages[name].ExecuteTemplate(&buf, "layout", p); err != nil {
