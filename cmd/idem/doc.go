@@ -22,8 +22,9 @@
 //	dlq resolve   mark dead letters resolved (dry run unless --yes)
 //	dlq check     exit 1 when pending dead letters exceed a count or an age (for cron)
 //	dlq audit     list the audit of replays, discards and resolves
-//	dedup prune   delete processed rows and attempt counts older than the retention
+//	dedup prune   delete processed rows, attempt counts, reviewed dead letters and audit rows past their retention
 //	dedup stats   show row counts and oldest ages of idem's tables
+//	serve         the web console for the dead-letter review (loopback unless told otherwise)
 //	version       print the version of idem
 //	help          show the help of idem or of a command
 //
