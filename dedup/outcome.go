@@ -16,6 +16,9 @@ const (
 	// Deferred: processing could not happen for reasons that are not the message's fault
 	// (shutdown, database outage); the message was handed back without spending its budget.
 	Deferred
+	// Stale: a later event of the same entity was applied already (see [Sequencer]);
+	// the handler did not run and the message was acked.
+	Stale
 )
 
 // String returns the outcome's name as used in logs, spans and metrics.
@@ -31,6 +34,8 @@ func (o Outcome) String() string {
 		return "dead-lettered"
 	case Deferred:
 		return "deferred"
+	case Stale:
+		return "stale"
 	}
 	return "unknown"
 }

@@ -348,8 +348,17 @@ func (s *Store) Run(ctx context.Context, key dedup.Key, fn func(ctx context.Cont
 		_ = tx.Rollback()
 		return false, err
 	}
+	o, err := s.checkOrder(ctx, tx, key)
+	if err != nil {
+		_ = tx.Rollback()
+		return false, s.orderRefused(ctx, err)
+	}
 	if err := fn(ContextWithTx(ctx, tx)); err != nil {
 		_ = tx.Rollback() // a failed rollback discards the connection; nothing was committed
+		return true, err
+	}
+	if err := s.moveMark(ctx, tx, key, o); err != nil {
+		_ = tx.Rollback()
 		return true, err
 	}
 	if err := tx.Commit(); err != nil {

@@ -284,6 +284,7 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 	})
 
 	runBatch(t, newHarness)
+	runOrdering(t, newHarness)
 	runParker(t, newHarness)
 
 	t.Run("LongAndUnicodeIDs", func(t *testing.T) {

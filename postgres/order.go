@@ -1,0 +1,112 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/idemkit/idem/dedup"
+)
+
+var _ dedup.Sequencer = (*Store)(nil)
+
+type orderQueries struct {
+	ensureMark, lockMark, moveMark, markGap, mark string
+}
+
+func buildOrderQueries(q string) orderQueries {
+	return orderQueries{
+		ensureMark: `INSERT INTO ` + q + `.entity_marks (consumer, entity_id, seq) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING`,
+		lockMark:   `SELECT seq FROM ` + q + `.entity_marks WHERE consumer = $1 AND entity_id = $2 FOR UPDATE`,
+		moveMark:   `UPDATE ` + q + `.entity_marks SET seq = $3, gap_since = NULL, updated_at = now() WHERE consumer = $1 AND entity_id = $2`,
+		// Records the first sighting of a gap after mark $3, unless the mark moved
+		// meanwhile, and returns how long the gap has been open, in seconds.
+		markGap: `INSERT INTO ` + q + `.entity_marks AS m (consumer, entity_id, seq, gap_since) VALUES ($1, $2, 0, now())
+ON CONFLICT (consumer, entity_id) DO UPDATE SET gap_since = coalesce(m.gap_since, now()) WHERE m.seq = $3
+RETURNING extract(epoch FROM now() - gap_since)::float8`,
+		mark: `SELECT coalesce((SELECT seq FROM ` + q + `.entity_marks WHERE consumer = $1 AND entity_id = $2), 0)`,
+	}
+}
+
+// Mark returns the high-water mark of entityID for consumer; see dedup.Sequencer.
+func (s *Store) Mark(ctx context.Context, consumer, entityID string) (int64, error) {
+	var seq int64
+	if err := s.pool.QueryRow(ctx, s.order.mark, consumer, entityID).Scan(&seq); err != nil {
+		return 0, &storeError{Op: "read the mark of " + consumer + "/" + entityID, Err: err}
+	}
+	return seq, nil
+}
+
+// ordered is what checkOrder decided for a claimed event.
+type ordered struct {
+	entity dedup.Entity
+	on     bool
+}
+
+// checkOrder locks the mark row of the event's entity in tx, when ctx carries one,
+// and compares the event with it. A non-nil error means fn must not run: a
+// *dedup.StaleEventError, a *dedup.GapError (the caller records the gap once tx is
+// rolled back), or a failure of the store.
+func (s *Store) checkOrder(ctx context.Context, tx pgx.Tx, key dedup.Key) (ordered, error) {
+	e, gap, ok := dedup.EntityFrom(ctx)
+	if !ok {
+		return ordered{}, nil
+	}
+	b := &pgx.Batch{}
+	b.Queue(s.order.ensureMark, key.Consumer, e.ID)
+	b.Queue(s.order.lockMark, key.Consumer, e.ID)
+	br := tx.SendBatch(ctx, b)
+	_, insErr := br.Exec()
+	var mark int64
+	lockErr := br.QueryRow().Scan(&mark)
+	if err := errors.Join(insErr, lockErr, br.Close()); err != nil {
+		return ordered{}, &storeError{Op: "lock the mark of " + key.Consumer + "/" + e.ID, Err: err}
+	}
+	switch {
+	case e.Seq <= mark:
+		return ordered{}, &dedup.StaleEventError{Key: key, Entity: e, Mark: mark}
+	case gap == dedup.GapStrict && e.Seq > mark+1:
+		return ordered{}, &dedup.GapError{Key: key, Entity: e, Mark: mark}
+	}
+	return ordered{entity: e, on: true}, nil
+}
+
+// recordGap records, in a statement of its own, when the gap g was first seen, and
+// sets how long it has been open.
+func (s *Store) recordGap(ctx context.Context, g *dedup.GapError) error {
+	var secs float64
+	err := s.pool.QueryRow(ctx, s.order.markGap, g.Key.Consumer, g.Entity.ID, g.Mark).Scan(&secs)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil // the mark moved meanwhile: the next delivery finds out
+	}
+	if err != nil {
+		return &storeError{Op: "record the gap of " + g.Key.Consumer + "/" + g.Entity.ID, Err: err}
+	}
+	g.Open = time.Duration(secs * float64(time.Second))
+	return nil
+}
+
+// moveMark moves the mark of o's entity to its sequence number, in tx.
+func (s *Store) moveMark(ctx context.Context, tx pgx.Tx, key dedup.Key, o ordered) error {
+	if !o.on {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, s.order.moveMark, key.Consumer, o.entity.ID, o.entity.Seq); err != nil {
+		return &storeError{Op: "move the mark of " + key.Consumer + "/" + o.entity.ID, Err: err}
+	}
+	return nil
+}
+
+// orderRefused finishes a claim that checkOrder refused, once its transaction (or
+// savepoint) rolled back.
+func (s *Store) orderRefused(ctx context.Context, err error) error {
+	var g *dedup.GapError
+	if errors.As(err, &g) {
+		if rerr := s.recordGap(ctx, g); rerr != nil {
+			return rerr
+		}
+	}
+	return err
+}
