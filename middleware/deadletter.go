@@ -71,6 +71,9 @@ type DeadLetterConfig struct {
 	// unchanged. A message consumed without a topic in its context is handed back as
 	// before. Defaults to nil: handed back.
 	Parker dedup.Parker
+	// Ordering is the Dedup middleware's ordering configuration, when ordering is on:
+	// DeadLetter reads GapTimeout from it (see OrderingConfig). Defaults to off.
+	Ordering OrderingConfig
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -96,6 +99,9 @@ func DeadLetter(cfg DeadLetterConfig) (message.HandlerMiddleware, error) {
 	if err := validConsumer(cfg.Consumer); err != nil {
 		return nil, fmt.Errorf("middleware: DeadLetterConfig.Consumer: %w", err)
 	}
+	if err := cfg.Ordering.Validate(); err != nil {
+		return nil, fmt.Errorf("middleware: DeadLetterConfig.Ordering: %w", err)
+	}
 	p := cfg.Policy.WithDefaults()
 	if err := p.Validate(); err != nil {
 		return nil, fmt.Errorf("middleware: DeadLetterConfig.Policy: %w", err)
@@ -109,6 +115,7 @@ func DeadLetter(cfg DeadLetterConfig) (message.HandlerMiddleware, error) {
 		timeout:     cmp.Or(cfg.Timeout, DefaultBookkeepingTimeout),
 		notifiers:   cfg.Notifiers,
 		parker:      cfg.Parker,
+		gapTimeout:  cfg.Ordering.gapTimeout(),
 		logger:      cmp.Or(cfg.Logger, slog.Default()),
 	}
 	if dl.fingerprint == nil {
@@ -130,6 +137,7 @@ type deadLetterer struct {
 	host        string
 	notifiers   []Notifier
 	parker      dedup.Parker
+	gapTimeout  time.Duration
 	// deferrals counts consecutive deliveries handed back for reasons that are not the
 	// message's fault; it paces consumption while they go on.
 	deferrals atomic.Int64
@@ -151,11 +159,16 @@ func (dl *deadLetterer) middleware(h message.HandlerFunc) message.HandlerFunc {
 			return produced, nil
 		}
 		class := dl.policy.Class(err)
+		var gap *dedup.GapError
 		switch {
+		case msg.Context().Err() == nil && errors.As(err, &gap) && dl.gapTimeout >= 0 && gap.Open >= dl.gapTimeout:
+			return dl.deadLetter(msg, d, dlq.ReasonGap, err, max(d.failures, 1))
 		case msg.Context().Err() != nil || class == retry.ClassInfrastructure:
 			return dl.deferral(msg, d, err)
 		case errors.As(err, new(*CrashLoopError)):
 			return dl.deadLetter(msg, d, dlq.ReasonCrashLooped, err, max(d.failures, 1))
+		case errors.Is(err, dedup.ErrInvalidEntity):
+			return dl.deadLetter(msg, d, dlq.ReasonMalformed, err, 1)
 		case class == retry.ClassPermanent:
 			return dl.deadLetter(msg, d, dlq.ReasonPermanent, err, max(d.failures, 1))
 		case d.failures >= dl.policy.MaxAttempts:

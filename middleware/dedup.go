@@ -58,6 +58,10 @@ type DedupConfig struct {
 	// time share one transaction (see BatchConfig). The store must implement
 	// dedup.BatchRunner. Defaults to off.
 	Batch BatchConfig
+	// Ordering keeps the events of one entity in order (see OrderingConfig). The
+	// store must implement dedup.Sequencer; it does not combine with Batch. Defaults
+	// to off.
+	Ordering OrderingConfig
 	// TracerProvider and MeterProvider record each batch: a span "idem batch" linked
 	// to its deliveries' spans, and the histogram idem.batch.size. They default to
 	// the globals; without Batch they are not used.
@@ -91,6 +95,19 @@ func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
 	if err := cfg.Batch.Validate(); err != nil {
 		return nil, fmt.Errorf("middleware: DedupConfig.Batch: %w", err)
 	}
+	if err := cfg.Ordering.Validate(); err != nil {
+		return nil, fmt.Errorf("middleware: DedupConfig.Ordering: %w", err)
+	}
+	var entityFunc dedup.EntityFunc
+	if cfg.Ordering.Enabled {
+		if _, ok := cfg.Store.(dedup.Sequencer); !ok {
+			return nil, fmt.Errorf("middleware: DedupConfig.Ordering needs a store that orders events (dedup.Sequencer); %T does not", cfg.Store)
+		}
+		if cfg.Batch.MaxSize > 0 {
+			return nil, errors.New("middleware: DedupConfig.Ordering does not combine with Batch: turn one of them off")
+		}
+		entityFunc = cfg.Ordering.entityFunc()
+	}
 	run := cfg.Store.Run
 	if cfg.Batch.MaxSize > 0 {
 		runner, ok := cfg.Store.(dedup.BatchRunner)
@@ -116,6 +133,13 @@ func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
 			runCtx := ctx
 			if !cfg.SkipPayloadHash {
 				runCtx = dedup.WithPayloadHash(ctx, dedup.HashPayload(msg.Payload))
+			}
+			if entityFunc != nil {
+				e, err := entityOf(msg, entityFunc)
+				if err != nil {
+					return nil, err // permanent: dead-lettered as malformed, never counted
+				}
+				runCtx = dedup.WithEntity(runCtx, e, cfg.Ordering.Gap)
 			}
 			var produced []*message.Message
 			var timing attemptTiming
@@ -148,7 +172,13 @@ func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
 					append(logAttrs(msg, d), slog.String("payload_sha256", hex.EncodeToString(conflict.Got)),
 						slog.String("processed_payload_sha256", hex.EncodeToString(conflict.Kept)))...)
 			}
+			var stale *dedup.StaleEventError
+			if !claimed && errors.As(err, &stale) {
+				d.outcome, err = dedup.Stale, nil
+			}
 			switch {
+			case d.outcome == dedup.Stale:
+				timing.result = claimStale
 			case !timing.ran && err == nil:
 				timing.result = claimDuplicate
 			case timing.ran:
@@ -158,6 +188,11 @@ func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
 			}
 			d.addTiming(timing)
 			switch {
+			case d.outcome == dedup.Stale:
+				logger.LogAttrs(ctx, slog.LevelDebug, "idem: stale event skipped: a later event of its entity was applied",
+					append(logAttrs(msg, d), slog.String("entity_id", stale.Entity.ID), slog.Int64("entity_seq", stale.Entity.Seq),
+						slog.Int64("mark", stale.Mark))...)
+				return nil, nil
 			case err == nil && !claimed:
 				d.outcome = dedup.Duplicate
 				logger.LogAttrs(ctx, slog.LevelDebug, "idem: duplicate skipped", logAttrs(msg, d)...)

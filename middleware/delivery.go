@@ -81,6 +81,7 @@ const (
 	claimNew claimResult = iota + 1
 	claimDuplicate
 	claimFailed
+	claimStale
 )
 
 func (r claimResult) String() string {
@@ -89,6 +90,8 @@ func (r claimResult) String() string {
 		return "claimed"
 	case claimDuplicate:
 		return "duplicate"
+	case claimStale:
+		return "stale"
 	}
 	return "error"
 }
@@ -174,7 +177,7 @@ func Attempt(ctx context.Context) (int, bool) {
 }
 
 // Outcome returns how the delivery of the message being handled ended, once idem's
-// middleware decided it: processed, duplicate, retried, dead-lettered or deferred (see
+// middleware decided it: processed, duplicate, retried, dead-lettered, deferred or stale (see
 // dedup.Outcome). Read it from middleware that wraps idem's stack (a router-level
 // middleware), after the wrapped handler returned; while the handler runs, and outside
 // a delivery, ok is false.
