@@ -1,1 +1,2 @@
+DROP TABLE {{schema}}.entity_sequences;
 DROP TABLE {{schema}}.entity_marks;

@@ -10,3 +10,11 @@ CREATE TABLE {{schema}}.entity_marks (
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer, entity_id)
 );
+
+-- The last sequence number outbox.PublishTx assigned to each entity (Config.
+-- AssignSequence): bumped in the publishing transaction, so a rollback takes its
+-- number back and the numbers have no gaps.
+CREATE TABLE {{schema}}.entity_sequences (
+    entity_id  text   NOT NULL PRIMARY KEY,
+    seq        bigint NOT NULL
+);
