@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
@@ -380,4 +381,42 @@ func TestOrderingApplyReplayOfAnOvertakenEventIsStale(t *testing.T) {
 	o, _ := middleware.Outcome(d.Context())
 	require.Equal(t, dedup.Stale, o)
 	require.Equal(t, []int64{2}, b.seqs(t)["A"])
+}
+
+// TestOrderingInTheSubscribersTransaction: with watermill-sql, the mark is locked and
+// moved in the savepoint of the subscriber's transaction that holds the claim and the
+// effects; a stale event is acked without running the handler.
+func TestOrderingInTheSubscribersTransaction(t *testing.T) {
+	t.Parallel()
+	b := setupOrdering(t)
+	br := newSQLBroker(t, b.pool)
+	c, err := consumer.New(consumer.Config{
+		Store:       b.store,
+		Retry:       retry.Policy{MaxAttempts: 3, InitialInterval: time.Millisecond, MaxInterval: 5 * time.Millisecond, MaxElapsedTime: 10 * time.Second},
+		AckDeadline: 30 * time.Second,
+		Ordering:    middleware.OrderingConfig{Enabled: true, Gap: dedup.GapStrict},
+		Logger:      testLogger(t),
+	})
+	require.NoError(t, err)
+	var inSubscriberTx atomic.Int32
+	runRouter(t, func(r *message.Router) {
+		c.AddConsumerHandler(r, "orders", br.topic, br.sub, func(msg *message.Message) error {
+			tx, _ := postgres.TxFromContext(msg.Context())
+			if wtx, ok := wsql.TxFromContext(msg.Context()); ok && wtx.(*wsql.PgxTx).Tx == tx {
+				inSubscriberTx.Add(1)
+			}
+			_, err := b.handler(msg)
+			return err
+		})
+	})
+	again := entityEvent("A", 1)
+	again.Metadata.Set("event_id", "A-1-again") // another event with an old sequence number
+	br.publish(t, entityEvent("A", 1), entityEvent("A", 2), again, entityEvent("A", 3))
+	require.Eventually(t, func() bool {
+		m, err := b.store.Mark(t.Context(), "orders", "A")
+		return err == nil && m == 3
+	}, 20*time.Second, 10*time.Millisecond)
+	require.Equal(t, []int64{1, 2, 3}, b.seqs(t)["A"])
+	require.Equal(t, int32(3), inSubscriberTx.Load(), "the stale event never reached the handler")
+	require.Equal(t, int64(3), b.calls.Load())
 }
