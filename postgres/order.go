@@ -19,7 +19,7 @@ type orderQueries struct {
 func buildOrderQueries(q string) orderQueries {
 	return orderQueries{
 		ensureMark: `INSERT INTO ` + q + `.entity_marks (consumer, entity_id, seq) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING`,
-		lockMark:   `SELECT seq FROM ` + q + `.entity_marks WHERE consumer = $1 AND entity_id = $2 FOR UPDATE`,
+		lockMark:   `SELECT seq, extract(epoch FROM now() - gap_since)::float8 FROM ` + q + `.entity_marks WHERE consumer = $1 AND entity_id = $2 FOR UPDATE`,
 		moveMark:   `UPDATE ` + q + `.entity_marks SET seq = $3, gap_since = NULL, updated_at = now() WHERE consumer = $1 AND entity_id = $2`,
 		// Records the first sighting of a gap after mark $3, unless the mark moved
 		// meanwhile, and returns how long the gap has been open, in seconds.
@@ -43,6 +43,8 @@ func (s *Store) Mark(ctx context.Context, consumer, entityID string) (int64, err
 type ordered struct {
 	entity dedup.Entity
 	on     bool
+	// newGap says the event found a gap not recorded before.
+	newGap bool
 }
 
 // checkOrder locks the mark row of the event's entity in tx, when ctx carries one,
@@ -60,7 +62,8 @@ func (s *Store) checkOrder(ctx context.Context, tx pgx.Tx, key dedup.Key) (order
 	br := tx.SendBatch(ctx, b)
 	_, insErr := br.Exec()
 	var mark int64
-	lockErr := br.QueryRow().Scan(&mark)
+	var open *float64
+	lockErr := br.QueryRow().Scan(&mark, &open)
 	if err := errors.Join(insErr, lockErr, br.Close()); err != nil {
 		return ordered{}, &storeError{Op: "lock the mark of " + key.Consumer + "/" + e.ID, Err: err}
 	}
@@ -68,7 +71,12 @@ func (s *Store) checkOrder(ctx context.Context, tx pgx.Tx, key dedup.Key) (order
 	case e.Seq <= mark:
 		return ordered{}, &dedup.StaleEventError{Key: key, Entity: e, Mark: mark}
 	case gap == dedup.GapStrict && e.Seq > mark+1:
-		return ordered{}, &dedup.GapError{Key: key, Entity: e, Mark: mark}
+		g := &dedup.GapError{Key: key, Entity: e, Mark: mark}
+		if open == nil {
+			return ordered{newGap: true}, g
+		}
+		g.Open = time.Duration(*open * float64(time.Second))
+		return ordered{}, g
 	}
 	return ordered{entity: e, on: true}, nil
 }
@@ -100,10 +108,10 @@ func (s *Store) moveMark(ctx context.Context, tx pgx.Tx, key dedup.Key, o ordere
 }
 
 // orderRefused finishes a claim that checkOrder refused, once its transaction (or
-// savepoint) rolled back.
-func (s *Store) orderRefused(ctx context.Context, err error) error {
+// savepoint) rolled back: a gap seen for the first time is recorded.
+func (s *Store) orderRefused(ctx context.Context, o ordered, err error) error {
 	var g *dedup.GapError
-	if errors.As(err, &g) {
+	if o.newGap && errors.As(err, &g) {
 		if rerr := s.recordGap(ctx, g); rerr != nil {
 			return rerr
 		}

@@ -217,7 +217,7 @@ func (s *Store) Run(ctx context.Context, key dedup.Key, fn func(ctx context.Cont
 	o, err := s.checkOrder(ctx, tx, key)
 	if err != nil {
 		rollback(ctx, tx)
-		return false, s.orderRefused(ctx, err)
+		return false, s.orderRefused(ctx, o, err)
 	}
 	if err := fn(ContextWithTx(ctx, tx)); err != nil {
 		rollback(ctx, tx)
@@ -273,7 +273,7 @@ func (s *Store) runInSavepoint(ctx context.Context, outer pgx.Tx, key dedup.Key,
 	o, err := s.checkOrder(ctx, outer, key)
 	if err != nil {
 		rollbackTo(ctx, outer)
-		return false, s.orderRefused(ctx, err)
+		return false, s.orderRefused(ctx, o, err)
 	}
 	if err := fn(ContextWithTx(ctx, outer)); err != nil {
 		rollbackTo(ctx, outer)

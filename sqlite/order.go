@@ -13,7 +13,7 @@ var _ dedup.Sequencer = (*Store)(nil)
 
 const (
 	ensureMarkSQL = `INSERT INTO entity_marks (consumer, entity_id, seq, updated_at) VALUES (?1, ?2, 0, ` + nowSQL + `) ON CONFLICT DO NOTHING`
-	lockMarkSQL   = `SELECT seq FROM entity_marks WHERE consumer = ?1 AND entity_id = ?2`
+	lockMarkSQL   = `SELECT seq, (julianday('now') - julianday(gap_since)) * 86400.0 FROM entity_marks WHERE consumer = ?1 AND entity_id = ?2`
 	moveMarkSQL   = `UPDATE entity_marks SET seq = ?3, gap_since = NULL, updated_at = ` + nowSQL + ` WHERE consumer = ?1 AND entity_id = ?2`
 	// Records the first sighting of a gap after mark ?3, unless the mark moved
 	// meanwhile, and returns how long the gap has been open, in seconds.
@@ -37,6 +37,8 @@ func (s *Store) Mark(ctx context.Context, consumer, entityID string) (int64, err
 type ordered struct {
 	entity dedup.Entity
 	on     bool
+	// newGap says the event found a gap not recorded before.
+	newGap bool
 }
 
 // checkOrder reads the mark of the event's entity in tx, when ctx carries one, and
@@ -50,9 +52,10 @@ func (s *Store) checkOrder(ctx context.Context, tx *sql.Tx, key dedup.Key) (orde
 		return ordered{}, nil
 	}
 	var mark int64
+	var open sql.NullFloat64
 	_, err := tx.ExecContext(ctx, ensureMarkSQL, key.Consumer, e.ID)
 	if err == nil {
-		err = tx.QueryRowContext(ctx, lockMarkSQL, key.Consumer, e.ID).Scan(&mark)
+		err = tx.QueryRowContext(ctx, lockMarkSQL, key.Consumer, e.ID).Scan(&mark, &open)
 	}
 	if err != nil {
 		return ordered{}, &storeError{Op: "lock the mark of " + key.Consumer + "/" + e.ID, Err: err}
@@ -61,16 +64,22 @@ func (s *Store) checkOrder(ctx context.Context, tx *sql.Tx, key dedup.Key) (orde
 	case e.Seq <= mark:
 		return ordered{}, &dedup.StaleEventError{Key: key, Entity: e, Mark: mark}
 	case gap == dedup.GapStrict && e.Seq > mark+1:
-		return ordered{}, &dedup.GapError{Key: key, Entity: e, Mark: mark}
+		g := &dedup.GapError{Key: key, Entity: e, Mark: mark}
+		if !open.Valid {
+			return ordered{newGap: true}, g
+		}
+		g.Open = time.Duration(open.Float64 * float64(time.Second))
+		return ordered{}, g
 	}
 	return ordered{entity: e, on: true}, nil
 }
 
 // orderRefused finishes a claim that checkOrder refused, once its transaction rolled
-// back: a gap is recorded in a statement of its own. The caller holds the write slot.
-func (s *Store) orderRefused(ctx context.Context, err error) error {
+// back: a gap seen for the first time is recorded in a statement of its own. The
+// caller holds the write slot.
+func (s *Store) orderRefused(ctx context.Context, o ordered, err error) error {
 	var g *dedup.GapError
-	if !errors.As(err, &g) {
+	if !o.newGap || !errors.As(err, &g) {
 		return err
 	}
 	var secs float64

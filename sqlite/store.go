@@ -351,7 +351,7 @@ func (s *Store) Run(ctx context.Context, key dedup.Key, fn func(ctx context.Cont
 	o, err := s.checkOrder(ctx, tx, key)
 	if err != nil {
 		_ = tx.Rollback()
-		return false, s.orderRefused(ctx, err)
+		return false, s.orderRefused(ctx, o, err)
 	}
 	if err := fn(ContextWithTx(ctx, tx)); err != nil {
 		_ = tx.Rollback() // a failed rollback discards the connection; nothing was committed
