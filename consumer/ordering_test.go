@@ -420,3 +420,30 @@ func TestOrderingInTheSubscribersTransaction(t *testing.T) {
 	require.Equal(t, int32(3), inSubscriberTx.Load(), "the stale event never reached the handler")
 	require.Equal(t, int64(3), b.calls.Load())
 }
+
+// TestOrderingStaleRedeliveriesAreNoCrashLoop: a stale event leaves no processed row,
+// so the crash guard's count of it is reset like a failure's: its redeliveries stay
+// stale, never crash-looped.
+func TestOrderingStaleRedeliveriesAreNoCrashLoop(t *testing.T) {
+	t.Parallel()
+	b := setupOrdering(t)
+	c, err := consumer.New(consumer.Config{
+		Store:      b.store,
+		Retry:      fastPolicy(),
+		CrashGuard: 1,
+		Ordering:   middleware.OrderingConfig{Enabled: true},
+		Logger:     testLogger(t),
+	})
+	require.NoError(t, err)
+	h := c.Wrap("orders", b.handler)
+	_, err = h(entityEvent("A", 2))
+	require.NoError(t, err)
+	for range 3 {
+		d := entityEvent("A", 1)
+		_, err := h(d)
+		require.NoError(t, err)
+		o, _ := middleware.Outcome(d.Context())
+		require.Equal(t, dedup.Stale, o)
+	}
+	require.Zero(t, b.deadLetters(t))
+}
