@@ -256,6 +256,12 @@ func (c Config) validate() error {
 		if c.Batch.MaxSize > 0 {
 			return errors.New("consumer: Config.Ordering does not combine with Config.Batch: a batch runs the events of one entity side by side; turn one of them off")
 		}
+		if _, ok := c.Store.(dedup.Quarantiner); c.Ordering.Quarantine && !ok {
+			return fmt.Errorf("consumer: Config.Ordering.Quarantine needs a store that quarantines entities (dedup.Quarantiner); %T does not", c.Store)
+		}
+		if c.Ordering.Quarantine && c.DelayedRetry.Publisher == nil {
+			return errors.New("consumer: Config.Ordering.Quarantine needs Config.DelayedRetry.Publisher: released events are published again by RunDelayedRetries")
+		}
 	}
 	if dr := c.DelayedRetry; dr.Publisher != nil {
 		if _, ok := c.Store.(dedup.Parker); !ok {

@@ -447,3 +447,91 @@ func TestOrderingStaleRedeliveriesAreNoCrashLoop(t *testing.T) {
 	}
 	require.Zero(t, b.deadLetters(t))
 }
+
+// TestOrderingQuarantine: under the strict policy with quarantine, on watermill-sql
+// (one message at a time, in order), a poison event in the middle of entity A is
+// dead-lettered and A's later events are parked and acked, so B's events behind them
+// are applied at once. Replaying the fixed event releases A's parked events, which
+// the delayed retries publish again: each is applied once, in sequence order.
+func TestOrderingQuarantine(t *testing.T) {
+	t.Parallel()
+	b := setupOrdering(t)
+	b.poison.Store("A-3", true)
+	br := newSQLBroker(t, b.pool)
+	c, err := consumer.New(consumer.Config{
+		Store:        b.store,
+		Retry:        fastPolicy(),
+		Ordering:     middleware.OrderingConfig{Enabled: true, Gap: dedup.GapStrict, Quarantine: true},
+		DelayedRetry: consumer.DelayedRetryConfig{Publisher: br.pub, Interval: 10 * time.Millisecond},
+		Logger:       testLogger(t),
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.RunDelayedRetries(ctx) }()
+	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+	runRouter(t, func(r *message.Router) {
+		c.AddConsumerHandler(r, "orders", br.topic, br.sub, func(msg *message.Message) error {
+			_, err := b.handler(msg)
+			return err
+		})
+	})
+	var msgs []*message.Message
+	for seq := int64(1); seq <= 5; seq++ {
+		msgs = append(msgs, entityEvent("A", seq), entityEvent("B", seq))
+	}
+	br.publish(t, msgs...)
+	require.Eventually(t, func() bool { return len(b.seqs(t)["B"]) == 5 }, 20*time.Second, 10*time.Millisecond,
+		"B's events flow past A's poison")
+	require.Equal(t, []int64{1, 2}, b.seqs(t)["A"])
+	require.Equal(t, 1, b.deadLetters(t), "A's later events are parked, not dead-lettered")
+	var id int64
+	require.NoError(t, b.pool.QueryRow(ctx, "SELECT id FROM "+pgx.Identifier{b.store.Schema(), "dead_letters"}.Sanitize()+
+		" WHERE event_id = 'A-3'").Scan(&id))
+	require.Eventually(t, func() bool {
+		rec, err := b.store.Get(ctx, id)
+		return err == nil && rec.Parked == 2
+	}, 10*time.Second, 10*time.Millisecond, "the dead letter shows its parked events")
+
+	b.poison.Delete("A-3")
+	entry, err := b.store.Replay(ctx, dlq.Change{IDs: []int64{id}, Selector: "ids=" + strconv.FormatInt(id, 10)}, func() error {
+		return br.pub.Publish(br.topic, entityEvent("A", 3))
+	})
+	require.NoError(t, err)
+	require.Equal(t, "ids="+strconv.FormatInt(id, 10)+" parked=release:2", entry.Selector)
+	require.Eventually(t, func() bool { return len(b.seqs(t)["A"]) == 5 }, 20*time.Second, 10*time.Millisecond)
+	require.Equal(t, []int64{1, 2, 3, 4, 5}, b.seqs(t)["A"], "applied once each, in order")
+	require.Equal(t, []int64{1, 2, 3, 4, 5}, b.seqs(t)["B"])
+	rec, err := b.store.Get(ctx, id)
+	require.NoError(t, err)
+	require.Zero(t, rec.Parked)
+	require.Equal(t, dlq.StatusReplayed, rec.Status)
+}
+
+// TestOrderingGapInTheSubscribersTransaction: on watermill-sql, which consumes a batch
+// of messages in one transaction, an event that finds a gap right after an event of
+// the same entity moved its mark in that transaction records the gap in it, instead
+// of waiting for it: the gap ends in a dead letter after GapTimeout, and the
+// partition moves on.
+func TestOrderingGapInTheSubscribersTransaction(t *testing.T) {
+	t.Parallel()
+	b := setupOrdering(t)
+	br := newSQLBroker(t, b.pool)
+	c, err := consumer.New(consumer.Config{
+		Store:    b.store,
+		Retry:    fastPolicy(),
+		Ordering: middleware.OrderingConfig{Enabled: true, Gap: dedup.GapStrict, GapTimeout: 200 * time.Millisecond},
+		Logger:   testLogger(t),
+	})
+	require.NoError(t, err)
+	runRouter(t, func(r *message.Router) {
+		c.AddConsumerHandler(r, "orders", br.topic, br.sub, func(msg *message.Message) error {
+			_, err := b.handler(msg)
+			return err
+		})
+	})
+	br.publish(t, entityEvent("A", 1), entityEvent("A", 3), entityEvent("A", 2))
+	require.Eventually(t, func() bool { return len(b.seqs(t)["A"]) == 2 }, 20*time.Second, 10*time.Millisecond)
+	require.Equal(t, []int64{1, 2}, b.seqs(t)["A"])
+	require.Equal(t, string(dlq.ReasonGap), b.deadLetter(t, "orders", "A-3").Reason)
+}

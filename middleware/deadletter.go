@@ -102,6 +102,9 @@ func DeadLetter(cfg DeadLetterConfig) (message.HandlerMiddleware, error) {
 	if err := cfg.Ordering.Validate(); err != nil {
 		return nil, fmt.Errorf("middleware: DeadLetterConfig.Ordering: %w", err)
 	}
+	if _, ok := cfg.Store.(dedup.Quarantiner); cfg.Ordering.Quarantine && !ok {
+		return nil, fmt.Errorf("middleware: DeadLetterConfig.Ordering.Quarantine needs a store that quarantines entities (dedup.Quarantiner); %T does not", cfg.Store)
+	}
 	p := cfg.Policy.WithDefaults()
 	if err := p.Validate(); err != nil {
 		return nil, fmt.Errorf("middleware: DeadLetterConfig.Policy: %w", err)
@@ -116,6 +119,7 @@ func DeadLetter(cfg DeadLetterConfig) (message.HandlerMiddleware, error) {
 		notifiers:   cfg.Notifiers,
 		parker:      cfg.Parker,
 		gapTimeout:  cfg.Ordering.gapTimeout(),
+		quarantine:  cfg.Ordering.Quarantine,
 		logger:      cmp.Or(cfg.Logger, slog.Default()),
 	}
 	if dl.fingerprint == nil {
@@ -138,6 +142,7 @@ type deadLetterer struct {
 	notifiers   []Notifier
 	parker      dedup.Parker
 	gapTimeout  time.Duration
+	quarantine  bool
 	// deferrals counts consecutive deliveries handed back for reasons that are not the
 	// message's fault; it paces consumption while they go on.
 	deferrals atomic.Int64
@@ -271,6 +276,14 @@ func (dl *deadLetterer) deadLetter(msg *message.Message, d *delivery, reason dlq
 	}
 	if err != nil {
 		return dl.deferral(msg, d, retry.Infrastructure(fmt.Errorf("storing the dead letter failed, the message goes back to the broker: %w (the message failed with: %v)", err, cause)))
+	}
+	if dl.quarantine && d.ordered {
+		// The entity's later events are parked from now on. Until this commits they
+		// wait on the gap the dead letter leaves; if it fails, the redelivery stores
+		// the dead letter again and quarantines then.
+		if err := dl.store.(dedup.Quarantiner).Quarantine(wctx, d.key, d.entity); err != nil {
+			return dl.deferral(msg, d, retry.Infrastructure(fmt.Errorf("quarantining the entity of the dead letter failed, the message goes back to the broker: %w (the message failed with: %v)", err, cause)))
+		}
 	}
 	d.outcome, d.letter = dedup.DeadLettered, letter
 	dl.deferrals.Store(0)

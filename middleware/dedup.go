@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -107,6 +108,9 @@ func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
 			return nil, errors.New("middleware: DedupConfig.Ordering does not combine with Batch: turn one of them off")
 		}
 		entityFunc = cfg.Ordering.entityFunc()
+		if _, ok := cfg.Store.(dedup.Quarantiner); cfg.Ordering.Quarantine && !ok {
+			return nil, fmt.Errorf("middleware: DedupConfig.Ordering.Quarantine needs a store that quarantines entities (dedup.Quarantiner); %T does not", cfg.Store)
+		}
 	}
 	run := cfg.Store.Run
 	if cfg.Batch.MaxSize > 0 {
@@ -140,6 +144,10 @@ func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
 					return nil, err // permanent: dead-lettered as malformed, never counted
 				}
 				runCtx = dedup.WithEntity(runCtx, e, cfg.Ordering.Gap)
+				d.entity, d.ordered = e, true
+				if topic := message.SubscribeTopicFromCtx(ctx); cfg.Ordering.Quarantine && topic != "" {
+					runCtx = dedup.WithParking(runCtx, dedup.Parked{Key: d.key, Topic: topic, Payload: msg.Payload, Metadata: maps.Clone(msg.Metadata)})
+				}
 			}
 			var produced []*message.Message
 			var timing attemptTiming
@@ -176,9 +184,15 @@ func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
 			if !claimed && errors.As(err, &stale) {
 				d.outcome, err = dedup.Stale, nil
 			}
+			var held *dedup.QuarantinedError
+			if !claimed && errors.As(err, &held) {
+				d.outcome, err = dedup.Deferred, nil
+			}
 			switch {
 			case d.outcome == dedup.Stale:
 				timing.result = claimStale
+			case d.outcome == dedup.Deferred:
+				timing.result = claimFailed
 			case !timing.ran && err == nil:
 				timing.result = claimDuplicate
 			case timing.ran:
@@ -192,6 +206,11 @@ func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
 				logger.LogAttrs(ctx, slog.LevelDebug, "idem: stale event skipped: a later event of its entity was applied",
 					append(logAttrs(msg, d), slog.String("entity_id", stale.Entity.ID), slog.Int64("entity_seq", stale.Entity.Seq),
 						slog.Int64("mark", stale.Mark))...)
+				return nil, nil
+			case d.outcome == dedup.Deferred:
+				logger.LogAttrs(ctx, slog.LevelWarn, "idem: event parked behind its entity's dead letter",
+					append(logAttrs(msg, d), slog.String("entity_id", held.Entity.ID), slog.Int64("entity_seq", held.Entity.Seq),
+						slog.String("blocked_by", held.BlockedBy), slog.Int64("blocked_seq", held.BlockedSeq))...)
 				return nil, nil
 			case err == nil && !claimed:
 				d.outcome = dedup.Duplicate

@@ -38,6 +38,9 @@ type delivery struct {
 	nextWait time.Duration
 	// parkedFor is how long the message was parked for a delayed retry (DeadLetter).
 	parkedFor time.Duration
+	// entity is the event's entity, when ordered says Dedup ordered it.
+	entity  dedup.Entity
+	ordered bool
 	// batchSize is the size of the batch its last attempt ran in (Dedup with
 	// batching), 0 outside batches.
 	batchSize int

@@ -36,6 +36,15 @@ type OrderingConfig struct {
 	// event is handed back, deferred, without spending its attempts. Defaults to
 	// DefaultGapTimeout; -1 waits forever.
 	GapTimeout time.Duration
+	// Quarantine, under dedup.GapStrict, parks the later events of an entity whose
+	// event was dead-lettered in the store, and acks them (outcome deferred), instead
+	// of letting them wait on the gap it leaves: the partition flows on for other
+	// entities. Reviewing the dead letter releases them (see dedup.Quarantiner): they
+	// go to the delayed retries, so the consumer must run them (see
+	// consumer.Config.DelayedRetry). The store must implement dedup.Quarantiner, and
+	// the message must carry its topic in its context (a router's handler does).
+	// Defaults to false.
+	Quarantine bool
 }
 
 // Validate checks c, naming the field at fault.
@@ -45,7 +54,9 @@ func (c OrderingConfig) Validate() error {
 		return fmt.Errorf("Gap must be dedup.GapApply or dedup.GapStrict, got %d", c.Gap)
 	case c.GapTimeout < -1:
 		return fmt.Errorf("GapTimeout must be positive, 0 (the default, %s) or -1 (wait forever), got %s", DefaultGapTimeout, c.GapTimeout)
-	case !c.Enabled && (c.EntityFunc != nil || c.Gap != dedup.GapApply || c.GapTimeout != 0):
+	case c.Quarantine && c.Gap != dedup.GapStrict:
+		return fmt.Errorf("Quarantine needs Gap dedup.GapStrict: under dedup.GapApply later events never wait")
+	case !c.Enabled && (c.EntityFunc != nil || c.Gap != dedup.GapApply || c.GapTimeout != 0 || c.Quarantine):
 		return fmt.Errorf("ordering is configured but Enabled is false: set Enabled to turn it on")
 	}
 	return nil

@@ -215,6 +215,16 @@ func (s *Store) Run(ctx context.Context, key dedup.Key, fn func(ctx context.Cont
 		return false, err
 	}
 	o, err := s.checkOrder(ctx, tx, key)
+	if err != nil && o.park != nil {
+		if perr := s.parkQuarantined(ctx, tx, key, o); perr != nil {
+			rollback(ctx, tx)
+			return false, perr
+		}
+		if cerr := tx.Commit(ctx); cerr != nil {
+			return false, &storeError{Op: "commit the parking of " + key.String(), Err: cerr}
+		}
+		return false, err
+	}
 	if err != nil {
 		rollback(ctx, tx)
 		return false, s.orderRefused(ctx, o, err)
@@ -271,6 +281,13 @@ func (s *Store) runInSavepoint(ctx context.Context, outer pgx.Tx, key dedup.Key,
 		return false, s.checkConflict(ctx, outer, key, hash)
 	}
 	o, err := s.checkOrder(ctx, outer, key)
+	if err != nil && o.park != nil {
+		if perr := s.parkQuarantined(ctx, outer, key, o); perr != nil {
+			rollbackTo(ctx, outer)
+			return false, perr
+		}
+		return false, err // parked when the subscriber's transaction commits
+	}
 	if err != nil {
 		rollbackTo(ctx, outer)
 		return false, s.orderRefused(ctx, o, err)
