@@ -81,7 +81,10 @@ type Config struct {
 	// under the strict gap policy an event beyond the next one expected waits (see
 	// middleware.OrderingConfig and docs/ordering.md). Set Ordering.Enabled to turn
 	// it on; the store must implement dedup.Sequencer (both postgres.Store and
-	// sqlite.Store do), and it does not combine with Batch. Defaults to off.
+	// sqlite.Store do), and it does not combine with Batch. Ordering.Quarantine
+	// parks an entity's later events behind its dead letter until the dead letter is
+	// reviewed; it needs DelayedRetry, which publishes them again when released.
+	// Defaults to off.
 	Ordering middleware.OrderingConfig
 	// DelayedRetry turns on delayed retries: a failing event with attempts left is
 	// parked in the store for its next attempt and acked, instead of waiting in-process
