@@ -74,6 +74,18 @@ type Config struct {
 	// do). Batching pays when many deliveries are in flight: see docs/performance.md
 	// for how to get them on each transport. Defaults to off.
 	Batch middleware.BatchConfig
+	// Ordering keeps the events of one entity in order: each event names its entity
+	// and its sequence number (metadata entity_id and entity_seq by default), the
+	// store keeps each entity's high-water mark in the transaction of the claim, an
+	// event at or below it is acked without running the handler (outcome stale), and
+	// under the strict gap policy an event beyond the next one expected waits (see
+	// middleware.OrderingConfig and docs/ordering.md). Set Ordering.Enabled to turn
+	// it on; the store must implement dedup.Sequencer (both postgres.Store and
+	// sqlite.Store do), and it does not combine with Batch. Ordering.Quarantine
+	// parks an entity's later events behind its dead letter until the dead letter is
+	// reviewed; it needs DelayedRetry, which publishes them again when released.
+	// Defaults to off.
+	Ordering middleware.OrderingConfig
 	// DelayedRetry turns on delayed retries: a failing event with attempts left is
 	// parked in the store for its next attempt and acked, instead of waiting in-process
 	// or being handed back to the broker, so that it never blocks the messages behind
@@ -237,6 +249,23 @@ func (c Config) validate() error {
 	if _, ok := c.Store.(dedup.BatchRunner); c.Batch.MaxSize > 0 && !ok {
 		return fmt.Errorf("consumer: Config.Batch needs a store that runs batches (dedup.BatchRunner); %T does not", c.Store)
 	}
+	if err := c.Ordering.Validate(); err != nil {
+		return fmt.Errorf("consumer: Config.Ordering: %w", err)
+	}
+	if c.Ordering.Enabled {
+		if _, ok := c.Store.(dedup.Sequencer); !ok {
+			return fmt.Errorf("consumer: Config.Ordering needs a store that orders events (dedup.Sequencer); %T does not", c.Store)
+		}
+		if c.Batch.MaxSize > 0 {
+			return errors.New("consumer: Config.Ordering does not combine with Config.Batch: a batch runs the events of one entity side by side; turn one of them off")
+		}
+		if _, ok := c.Store.(dedup.Quarantiner); c.Ordering.Quarantine && !ok {
+			return fmt.Errorf("consumer: Config.Ordering.Quarantine needs a store that quarantines entities (dedup.Quarantiner); %T does not", c.Store)
+		}
+		if c.Ordering.Quarantine && c.DelayedRetry.Publisher == nil {
+			return errors.New("consumer: Config.Ordering.Quarantine needs Config.DelayedRetry.Publisher: released events are published again by RunDelayedRetries")
+		}
+	}
 	if dr := c.DelayedRetry; dr.Publisher != nil {
 		if _, ok := c.Store.(dedup.Parker); !ok {
 			return fmt.Errorf("consumer: Config.DelayedRetry needs a store that parks messages (dedup.Parker); %T does not", c.Store)
@@ -363,6 +392,7 @@ func (c *Consumer) wrap(name string, h message.HandlerFunc, produce func(context
 		Timeout:   cfg.BookkeepingTimeout,
 		Notifiers: cfg.notifiers(),
 		Parker:    c.parker(),
+		Ordering:  cfg.Ordering,
 		Logger:    cfg.Logger,
 	})
 	retrying, _ := middleware.Retry(middleware.RetryConfig{
@@ -382,6 +412,7 @@ func (c *Consumer) wrap(name string, h message.HandlerFunc, produce func(context
 		Produce:         produce,
 		SkipPayloadHash: cfg.SkipPayloadHash,
 		Batch:           cfg.Batch,
+		Ordering:        cfg.Ordering,
 		TracerProvider:  cfg.TracerProvider,
 		MeterProvider:   cfg.MeterProvider,
 		Logger:          cfg.Logger,

@@ -17,7 +17,15 @@
 // # Outcomes
 //
 // Every delivery ends in one [Outcome] of a closed vocabulary: processed, duplicate,
-// retried, dead-lettered or deferred.
+// retried, dead-lettered, deferred or stale.
+//
+// # Ordering
+//
+// An event may name its entity and its sequence number within it ([Entity], read by an
+// [EntityFunc], metadata [EntityIDKey] and [EntitySeqKey] by default). A store that
+// implements [Sequencer] keeps each entity's high-water mark and moves it in the
+// claim's transaction: an event at or below it is stale, and under [GapStrict] an
+// event beyond the next one expected waits ([GapError]).
 //
 // # Stores
 //

@@ -14,8 +14,13 @@ const (
 	// DeadLettered: the message could not be processed; its dead letter committed and it was acked.
 	DeadLettered
 	// Deferred: processing could not happen for reasons that are not the message's fault
-	// (shutdown, database outage); the message was handed back without spending its budget.
+	// (shutdown, database outage, an event waiting for earlier ones of its entity); the
+	// message was handed back without spending its budget, or, with ordering's
+	// quarantine, parked in the store behind its entity's dead letter and acked.
 	Deferred
+	// Stale: a later event of the same entity was applied already (see [Sequencer]);
+	// the handler did not run and the message was acked.
+	Stale
 )
 
 // String returns the outcome's name as used in logs, spans and metrics.
@@ -31,6 +36,8 @@ func (o Outcome) String() string {
 		return "dead-lettered"
 	case Deferred:
 		return "deferred"
+	case Stale:
+		return "stale"
 	}
 	return "unknown"
 }

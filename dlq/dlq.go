@@ -15,12 +15,16 @@ const (
 	ReasonPermanent Reason = "permanent"
 	// ReasonExhausted: the message failed on every one of its allowed attempts.
 	ReasonExhausted Reason = "exhausted"
-	// ReasonMalformed: the message carries no usable event ID; it is stored under a
-	// derived key so that its redeliveries collapse into one dead letter.
+	// ReasonMalformed: the message carries no usable event ID, and then it is stored
+	// under a derived key so that its redeliveries collapse into one dead letter; or,
+	// with ordering on, no usable entity ID or sequence number.
 	ReasonMalformed Reason = "malformed"
 	// ReasonCrashLooped: the message was delivered again and again without any attempt
 	// finishing, as when the handler crashes or hangs the process.
 	ReasonCrashLooped Reason = "crash-looped"
+	// ReasonGap: with ordering under the strict gap policy, the message waited for
+	// earlier events of its entity longer than the gap timeout.
+	ReasonGap Reason = "gap"
 )
 
 // Status is where a dead letter stands in review.

@@ -43,6 +43,10 @@ type Record struct {
 	// UpdatedAt is when the row last changed: dead-lettered again, replayed,
 	// discarded or resolved.
 	UpdatedAt time.Time
+	// Parked is how many events of the dead letter's entity are parked behind it
+	// (ordering with quarantine, see dedup.Quarantiner), as Get reports it; List
+	// leaves it 0.
+	Parked int
 }
 
 // Filter selects dead letters. Every field set narrows the selection; the zero Filter
@@ -137,12 +141,32 @@ type Change struct {
 	// Selector says how the operator selected the dead letters, for the audit: a
 	// list of IDs, or a filter such as "status=pending consumer=billing".
 	Selector string
+	// Parked says what to do with the events parked behind the dead letters (see
+	// dedup.Quarantiner), for Discard: ParkedRelease or ParkedDiscard. Discarding a
+	// dead letter that has parked events behind it without a choice fails with
+	// ErrParkedChoiceRequired. Replay and Resolve always release them.
+	Parked ParkedAction
 	// Counts, for Replay and MarkReplayed only, holds each dead letter's Count as read
 	// before its copy was published. A dead letter whose Count has grown since was
 	// dead-lettered again by its replayed copy: the replay is counted, but the dead
 	// letter stays pending. A dead letter missing from Counts is marked replayed.
 	Counts map[int64]int
 }
+
+// ParkedAction is what discarding a dead letter does to the events parked behind it.
+type ParkedAction string
+
+const (
+	// ParkedRelease publishes them again, in sequence order, through the consumer's
+	// delayed retries; the entity's mark moves past the discarded event.
+	ParkedRelease ParkedAction = "release"
+	// ParkedDiscard drops them with the dead letter; the entity's mark moves past them.
+	ParkedDiscard ParkedAction = "discard"
+)
+
+// ErrParkedChoiceRequired is returned when a dead letter with events parked behind it
+// is discarded without saying what to do with them (Change.Parked).
+var ErrParkedChoiceRequired = errors.New("dlq: events are parked behind the dead letters: choose to release or discard them")
 
 // ErrReasonRequired is returned when dead letters are discarded without a reason.
 var ErrReasonRequired = errors.New("dlq: a reason is required to discard dead letters")
@@ -157,6 +181,11 @@ func (c Change) Validate(a Action) error {
 		}
 	default:
 		return fmt.Errorf("dlq: unknown action %q", a)
+	}
+	switch c.Parked {
+	case "", ParkedRelease, ParkedDiscard:
+	default:
+		return fmt.Errorf("dlq: Change.Parked %q is not release or discard", c.Parked)
 	}
 	if len(c.IDs) == 0 {
 		return errors.New("dlq: Change.IDs is empty")

@@ -84,7 +84,10 @@ func CrashGuard(cfg CrashGuardConfig) (message.HandlerMiddleware, error) {
 				return nil, &CrashLoopError{Deliveries: crashed}
 			}
 			produced, err := h(msg)
-			if err != nil {
+			// A stale event (ordering) ends without a processed row, like a failure:
+			// its count must not survive it, or its redeliveries would look like a
+			// crash loop.
+			if err != nil || d.outcome == dedup.Stale {
 				fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 				defer cancel()
 				if ferr := cfg.Store.FinishAttempt(fctx, d.key); ferr != nil {

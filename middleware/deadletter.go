@@ -71,6 +71,9 @@ type DeadLetterConfig struct {
 	// unchanged. A message consumed without a topic in its context is handed back as
 	// before. Defaults to nil: handed back.
 	Parker dedup.Parker
+	// Ordering is the Dedup middleware's ordering configuration, when ordering is on:
+	// DeadLetter reads GapTimeout from it (see OrderingConfig). Defaults to off.
+	Ordering OrderingConfig
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -96,6 +99,12 @@ func DeadLetter(cfg DeadLetterConfig) (message.HandlerMiddleware, error) {
 	if err := validConsumer(cfg.Consumer); err != nil {
 		return nil, fmt.Errorf("middleware: DeadLetterConfig.Consumer: %w", err)
 	}
+	if err := cfg.Ordering.Validate(); err != nil {
+		return nil, fmt.Errorf("middleware: DeadLetterConfig.Ordering: %w", err)
+	}
+	if _, ok := cfg.Store.(dedup.Quarantiner); cfg.Ordering.Quarantine && !ok {
+		return nil, fmt.Errorf("middleware: DeadLetterConfig.Ordering.Quarantine needs a store that quarantines entities (dedup.Quarantiner); %T does not", cfg.Store)
+	}
 	p := cfg.Policy.WithDefaults()
 	if err := p.Validate(); err != nil {
 		return nil, fmt.Errorf("middleware: DeadLetterConfig.Policy: %w", err)
@@ -109,6 +118,8 @@ func DeadLetter(cfg DeadLetterConfig) (message.HandlerMiddleware, error) {
 		timeout:     cmp.Or(cfg.Timeout, DefaultBookkeepingTimeout),
 		notifiers:   cfg.Notifiers,
 		parker:      cfg.Parker,
+		gapTimeout:  cfg.Ordering.gapTimeout(),
+		quarantine:  cfg.Ordering.Quarantine,
 		logger:      cmp.Or(cfg.Logger, slog.Default()),
 	}
 	if dl.fingerprint == nil {
@@ -130,6 +141,8 @@ type deadLetterer struct {
 	host        string
 	notifiers   []Notifier
 	parker      dedup.Parker
+	gapTimeout  time.Duration
+	quarantine  bool
 	// deferrals counts consecutive deliveries handed back for reasons that are not the
 	// message's fault; it paces consumption while they go on.
 	deferrals atomic.Int64
@@ -151,11 +164,16 @@ func (dl *deadLetterer) middleware(h message.HandlerFunc) message.HandlerFunc {
 			return produced, nil
 		}
 		class := dl.policy.Class(err)
+		var gap *dedup.GapError
 		switch {
+		case msg.Context().Err() == nil && errors.As(err, &gap) && dl.gapTimeout >= 0 && gap.Open >= dl.gapTimeout:
+			return dl.deadLetter(msg, d, dlq.ReasonGap, err, max(d.failures, 1))
 		case msg.Context().Err() != nil || class == retry.ClassInfrastructure:
 			return dl.deferral(msg, d, err)
 		case errors.As(err, new(*CrashLoopError)):
 			return dl.deadLetter(msg, d, dlq.ReasonCrashLooped, err, max(d.failures, 1))
+		case errors.Is(err, dedup.ErrInvalidEntity):
+			return dl.deadLetter(msg, d, dlq.ReasonMalformed, err, 1)
 		case class == retry.ClassPermanent:
 			return dl.deadLetter(msg, d, dlq.ReasonPermanent, err, max(d.failures, 1))
 		case d.failures >= dl.policy.MaxAttempts:
@@ -258,6 +276,14 @@ func (dl *deadLetterer) deadLetter(msg *message.Message, d *delivery, reason dlq
 	}
 	if err != nil {
 		return dl.deferral(msg, d, retry.Infrastructure(fmt.Errorf("storing the dead letter failed, the message goes back to the broker: %w (the message failed with: %v)", err, cause)))
+	}
+	if dl.quarantine && d.ordered {
+		// The entity's later events are parked from now on. Until this commits they
+		// wait on the gap the dead letter leaves; if it fails, the redelivery stores
+		// the dead letter again and quarantines then.
+		if err := dl.store.(dedup.Quarantiner).Quarantine(wctx, d.key, d.entity); err != nil {
+			return dl.deferral(msg, d, retry.Infrastructure(fmt.Errorf("quarantining the entity of the dead letter failed, the message goes back to the broker: %w (the message failed with: %v)", err, cause)))
+		}
 	}
 	d.outcome, d.letter = dedup.DeadLettered, letter
 	dl.deferrals.Store(0)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -58,6 +59,10 @@ type DedupConfig struct {
 	// time share one transaction (see BatchConfig). The store must implement
 	// dedup.BatchRunner. Defaults to off.
 	Batch BatchConfig
+	// Ordering keeps the events of one entity in order (see OrderingConfig). The
+	// store must implement dedup.Sequencer; it does not combine with Batch. Defaults
+	// to off.
+	Ordering OrderingConfig
 	// TracerProvider and MeterProvider record each batch: a span "idem batch" linked
 	// to its deliveries' spans, and the histogram idem.batch.size. They default to
 	// the globals; without Batch they are not used.
@@ -91,6 +96,22 @@ func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
 	if err := cfg.Batch.Validate(); err != nil {
 		return nil, fmt.Errorf("middleware: DedupConfig.Batch: %w", err)
 	}
+	if err := cfg.Ordering.Validate(); err != nil {
+		return nil, fmt.Errorf("middleware: DedupConfig.Ordering: %w", err)
+	}
+	var entityFunc dedup.EntityFunc
+	if cfg.Ordering.Enabled {
+		if _, ok := cfg.Store.(dedup.Sequencer); !ok {
+			return nil, fmt.Errorf("middleware: DedupConfig.Ordering needs a store that orders events (dedup.Sequencer); %T does not", cfg.Store)
+		}
+		if cfg.Batch.MaxSize > 0 {
+			return nil, errors.New("middleware: DedupConfig.Ordering does not combine with Batch: turn one of them off")
+		}
+		entityFunc = cfg.Ordering.entityFunc()
+		if _, ok := cfg.Store.(dedup.Quarantiner); cfg.Ordering.Quarantine && !ok {
+			return nil, fmt.Errorf("middleware: DedupConfig.Ordering.Quarantine needs a store that quarantines entities (dedup.Quarantiner); %T does not", cfg.Store)
+		}
+	}
 	run := cfg.Store.Run
 	if cfg.Batch.MaxSize > 0 {
 		runner, ok := cfg.Store.(dedup.BatchRunner)
@@ -116,6 +137,17 @@ func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
 			runCtx := ctx
 			if !cfg.SkipPayloadHash {
 				runCtx = dedup.WithPayloadHash(ctx, dedup.HashPayload(msg.Payload))
+			}
+			if entityFunc != nil {
+				e, err := entityOf(msg, entityFunc)
+				if err != nil {
+					return nil, err // permanent: dead-lettered as malformed, never counted
+				}
+				runCtx = dedup.WithEntity(runCtx, e, cfg.Ordering.Gap)
+				d.entity, d.ordered = e, true
+				if topic := message.SubscribeTopicFromCtx(ctx); cfg.Ordering.Quarantine && topic != "" {
+					runCtx = dedup.WithParking(runCtx, dedup.Parked{Key: d.key, Topic: topic, Payload: msg.Payload, Metadata: maps.Clone(msg.Metadata)})
+				}
 			}
 			var produced []*message.Message
 			var timing attemptTiming
@@ -148,7 +180,19 @@ func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
 					append(logAttrs(msg, d), slog.String("payload_sha256", hex.EncodeToString(conflict.Got)),
 						slog.String("processed_payload_sha256", hex.EncodeToString(conflict.Kept)))...)
 			}
+			var stale *dedup.StaleEventError
+			if !claimed && errors.As(err, &stale) {
+				d.outcome, err = dedup.Stale, nil
+			}
+			var held *dedup.QuarantinedError
+			if !claimed && errors.As(err, &held) {
+				d.outcome, err = dedup.Deferred, nil
+			}
 			switch {
+			case d.outcome == dedup.Stale:
+				timing.result = claimStale
+			case d.outcome == dedup.Deferred:
+				timing.result = claimFailed
 			case !timing.ran && err == nil:
 				timing.result = claimDuplicate
 			case timing.ran:
@@ -158,6 +202,16 @@ func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
 			}
 			d.addTiming(timing)
 			switch {
+			case d.outcome == dedup.Stale:
+				logger.LogAttrs(ctx, slog.LevelDebug, "idem: stale event skipped: a later event of its entity was applied",
+					append(logAttrs(msg, d), slog.String("entity_id", stale.Entity.ID), slog.Int64("entity_seq", stale.Entity.Seq),
+						slog.Int64("mark", stale.Mark))...)
+				return nil, nil
+			case d.outcome == dedup.Deferred:
+				logger.LogAttrs(ctx, slog.LevelWarn, "idem: event parked behind its entity's dead letter",
+					append(logAttrs(msg, d), slog.String("entity_id", held.Entity.ID), slog.Int64("entity_seq", held.Entity.Seq),
+						slog.String("blocked_by", held.BlockedBy), slog.Int64("blocked_seq", held.BlockedSeq))...)
+				return nil, nil
 			case err == nil && !claimed:
 				d.outcome = dedup.Duplicate
 				logger.LogAttrs(ctx, slog.LevelDebug, "idem: duplicate skipped", logAttrs(msg, d)...)

@@ -38,6 +38,9 @@ type delivery struct {
 	nextWait time.Duration
 	// parkedFor is how long the message was parked for a delayed retry (DeadLetter).
 	parkedFor time.Duration
+	// entity is the event's entity, when ordered says Dedup ordered it.
+	entity  dedup.Entity
+	ordered bool
 	// batchSize is the size of the batch its last attempt ran in (Dedup with
 	// batching), 0 outside batches.
 	batchSize int
@@ -81,6 +84,7 @@ const (
 	claimNew claimResult = iota + 1
 	claimDuplicate
 	claimFailed
+	claimStale
 )
 
 func (r claimResult) String() string {
@@ -89,6 +93,8 @@ func (r claimResult) String() string {
 		return "claimed"
 	case claimDuplicate:
 		return "duplicate"
+	case claimStale:
+		return "stale"
 	}
 	return "error"
 }
@@ -174,7 +180,7 @@ func Attempt(ctx context.Context) (int, bool) {
 }
 
 // Outcome returns how the delivery of the message being handled ended, once idem's
-// middleware decided it: processed, duplicate, retried, dead-lettered or deferred (see
+// middleware decided it: processed, duplicate, retried, dead-lettered, deferred or stale (see
 // dedup.Outcome). Read it from middleware that wraps idem's stack (a router-level
 // middleware), after the wrapped handler returned; while the handler runs, and outside
 // a delivery, ok is false.

@@ -139,8 +139,8 @@ type attrKey struct{ consumer, topic string }
 // needs several.
 type attrSets struct {
 	base    measureOpts
-	outcome [dedup.Deferred + 1]measureOpts
-	claim   [claimFailed + 1]measureOpts
+	outcome [dedup.Stale + 1]measureOpts
+	claim   [claimStale + 1]measureOpts
 	handler [2]measureOpts // ok, error
 
 	mu         sync.Mutex
@@ -173,10 +173,10 @@ func (m *meters) attrs(consumer, topic string) *attrSets {
 		return measureOpts{add: []metric.AddOption{o}, record: []metric.RecordOption{o}}
 	}
 	s = &attrSets{base: with(), reason: map[dlq.Reason]measureOpts{}, reasonWith: with}
-	for o := dedup.Processed; o <= dedup.Deferred; o++ {
+	for o := dedup.Processed; o <= dedup.Stale; o++ {
 		s.outcome[o] = with(attribute.String("outcome", o.String()))
 	}
-	for r := claimNew; r <= claimFailed; r++ {
+	for r := claimNew; r <= claimStale; r++ {
 		s.claim[r] = with(attribute.String("result", r.String()))
 	}
 	s.handler[0] = with(attribute.String("result", "ok"))

@@ -282,7 +282,7 @@ func (t *tracer) finish(span trace.Span, msg *message.Message, d *delivery, err 
 		}
 	}
 	switch outcome {
-	case dedup.Processed, dedup.Duplicate:
+	case dedup.Processed, dedup.Duplicate, dedup.Stale:
 	case dedup.DeadLettered:
 		desc := "dead-lettered"
 		if d.letter != nil {

@@ -32,6 +32,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -41,6 +42,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/idemkit/idem/dedup"
 	"github.com/idemkit/idem/middleware"
 	"github.com/idemkit/idem/postgres"
 )
@@ -59,11 +61,25 @@ type Config struct {
 	PollInterval time.Duration
 	// Logger is Watermill's logger for the relay. Defaults to watermill.NopLogger.
 	Logger watermill.LoggerAdapter
+	// AssignSequence makes PublishTx number the events of each entity: a message with
+	// metadata entity_id (dedup.EntityIDKey) and no entity_seq (dedup.EntitySeqKey)
+	// gets the entity's next sequence number, 1 for its first event, counted in a row
+	// per entity of table entity_sequences (migration 008 of package postgres) inside
+	// the caller's transaction. A rollback takes the number back, so the numbers have
+	// no gaps; and the row stays locked until the transaction ends, so two
+	// transactions publishing for one entity get their numbers in commit order.
+	// Entity IDs share one numbering across topics: make them unique across the
+	// entity types one consumer sees ("order:42"). Defaults to false.
+	AssignSequence bool
+	// Schema is the schema of idem's tables (postgres.Migrate) that holds
+	// entity_sequences, for AssignSequence. Defaults to postgres.DefaultSchema.
+	Schema string
 }
 
 func (c Config) withDefaults() Config {
 	c.Topic = cmp.Or(c.Topic, DefaultTopic)
 	c.PollInterval = cmp.Or(c.PollInterval, 100*time.Millisecond)
+	c.Schema = cmp.Or(c.Schema, postgres.DefaultSchema)
 	if c.Logger == nil {
 		c.Logger = watermill.NopLogger{}
 	}
@@ -76,7 +92,8 @@ var schema = wsql.DefaultPostgreSQLSchema{}
 // broker if and only if tx commits. Commit through tx itself. Each message keeps its
 // UUID and metadata (set the event ID, metadata event_id, before publishing), and
 // gets metadata published_at (middleware.PublishedAtKey), the time of the write,
-// unless it carries one already.
+// unless it carries one already. With cfg.AssignSequence, each message of an entity
+// gets the entity's next sequence number (see Config.AssignSequence).
 func PublishTx(ctx context.Context, tx pgx.Tx, cfg Config, topic string, msgs ...*message.Message) error {
 	cfg = cfg.withDefaults()
 	if topic == "" {
@@ -84,6 +101,11 @@ func PublishTx(ctx context.Context, tx pgx.Tx, cfg Config, topic string, msgs ..
 	}
 	if len(msgs) == 0 {
 		return nil
+	}
+	if cfg.AssignSequence {
+		if err := assignSequences(ctx, tx, cfg.Schema, msgs); err != nil {
+			return err
+		}
 	}
 	now := time.Now()
 	for _, msg := range msgs {
@@ -200,4 +222,29 @@ func (w Writer) WriteTx(ctx context.Context, topic string, msgs ...*message.Mess
 		return fmt.Errorf("outbox: no idem transaction in the context: %w", postgres.ErrNoTx)
 	}
 	return PublishTx(ctx, tx, w.Config, topic, msgs...)
+}
+
+// assignSequences gives each message of msgs that names an entity and carries no
+// sequence number the entity's next one, in tx.
+func assignSequences(ctx context.Context, tx pgx.Tx, schema string, msgs []*message.Message) error {
+	if err := postgres.ValidateIdentifier("Schema", schema); err != nil {
+		return fmt.Errorf("outbox: Config.Schema: %w", err)
+	}
+	next := `INSERT INTO ` + pgx.Identifier{schema, "entity_sequences"}.Sanitize() + ` AS s (entity_id, seq) VALUES ($1, 1)
+ON CONFLICT (entity_id) DO UPDATE SET seq = s.seq + 1 RETURNING seq`
+	for _, msg := range msgs {
+		id := msg.Metadata.Get(dedup.EntityIDKey)
+		if id == "" || msg.Metadata.Get(dedup.EntitySeqKey) != "" {
+			continue
+		}
+		if err := dedup.ValidateEventID(id, dedup.DefaultMaxIDLength); err != nil {
+			return fmt.Errorf("outbox: message %s: entity ID: %w", msg.UUID, err)
+		}
+		var seq int64
+		if err := tx.QueryRow(ctx, next, id).Scan(&seq); err != nil {
+			return fmt.Errorf("outbox: assign the next sequence number of entity %q: %w", id, err)
+		}
+		msg.Metadata.Set(dedup.EntitySeqKey, strconv.FormatInt(seq, 10))
+	}
+	return nil
 }

@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -114,14 +115,18 @@ func (s *Store) List(ctx context.Context, f dlq.Filter) ([]*dlq.Record, error) {
 
 // Get returns the dead letter with the given ID, or an error wrapping dlq.ErrNotFound.
 func (s *Store) Get(ctx context.Context, id int64) (*dlq.Record, error) {
-	row := s.pool.QueryRow(ctx, "SELECT "+recordColumns+" FROM "+s.schema+".dead_letters WHERE id = $1", id)
-	rec, err := scanRecord(row)
+	row := s.pool.QueryRow(ctx, "SELECT "+recordColumns+`, (SELECT count(*) FROM `+s.schema+`.parked_events AS pe
+    JOIN `+s.schema+`.entity_marks AS m ON pe.consumer = m.consumer AND pe.entity_id = m.entity_id
+    WHERE m.consumer = d.consumer AND m.blocked_by = d.event_id) FROM `+s.schema+".dead_letters AS d WHERE id = $1", id)
+	var parked int
+	rec, err := scanRecord(withExtra{row, []any{&parked}})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("postgres: dead letter %d: %w", id, dlq.ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("postgres: read dead letter %d: %w", id, err)
 	}
+	rec.Parked = parked
 	return rec, nil
 }
 
@@ -253,9 +258,13 @@ func (s *Store) change(ctx context.Context, a dlq.Action, c dlq.Change, before f
 			return err
 		}
 		slices.Sort(ids)
+		selector, err := s.releaseParked(ctx, tx, a, c, ids)
+		if err != nil {
+			return err
+		}
 		entry = dlq.AuditEntry{
 			Action: a, OSUser: c.Actor.OSUser, Host: c.Actor.Host,
-			Selector: c.Selector, Reason: c.Reason, DeadLetterIDs: ids,
+			Selector: selector, Reason: c.Reason, DeadLetterIDs: ids,
 		}
 		if len(ids) == 0 {
 			return nil
@@ -263,7 +272,7 @@ func (s *Store) change(ctx context.Context, a dlq.Action, c dlq.Change, before f
 		return tx.QueryRow(ctx, `INSERT INTO `+s.schema+`.dead_letter_audit
     (action, os_user, host, selector, reason, dead_letter_ids)
 VALUES ($1, $2, $3, $4, $5, $6)
-RETURNING id, at, db_role`, string(a), c.Actor.OSUser, c.Actor.Host, c.Selector, c.Reason, ids).
+RETURNING id, at, db_role`, string(a), c.Actor.OSUser, c.Actor.Host, selector, c.Reason, ids).
 			Scan(&entry.ID, &entry.At, &entry.DBRole)
 	})
 	if err != nil {
@@ -322,4 +331,85 @@ func (s *Store) Audit(ctx context.Context, f dlq.AuditFilter) ([]dlq.AuditEntry,
 		return nil, fmt.Errorf("postgres: read audit: %w", err)
 	}
 	return out, nil
+}
+
+// releaseParked lifts the quarantine of the entities blocked by the dead letters ids
+// that are no longer pending, in tx: replaying releases the parked events, and leaves
+// the mark for the replayed event to move; resolving releases them and moves the mark
+// past the resolved event; discarding does what c.Parked says, and requires it when
+// events are parked. Released events move to the delayed retries, due at once, one
+// millisecond apart in sequence order. It returns the selector the audit entry
+// records, with what was done to parked events appended.
+func (s *Store) releaseParked(ctx context.Context, tx pgx.Tx, a dlq.Action, c dlq.Change, ids []int64) (string, error) {
+	if len(ids) == 0 {
+		return c.Selector, nil
+	}
+	var parked int
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM `+s.schema+`.parked_events AS pe
+JOIN `+s.schema+`.entity_marks AS m ON pe.consumer = m.consumer AND pe.entity_id = m.entity_id
+JOIN `+s.schema+`.dead_letters AS d ON m.consumer = d.consumer AND m.blocked_by = d.event_id
+WHERE d.id = ANY($1::bigint[]) AND d.status <> 'pending'`, ids).Scan(&parked); err != nil {
+		return "", fmt.Errorf("count parked events: %w", err)
+	}
+	action := dlq.ParkedRelease
+	if a == dlq.ActionDiscard {
+		if parked > 0 && c.Parked == "" {
+			return "", dlq.ErrParkedChoiceRequired
+		}
+		action = cmp.Or(c.Parked, dlq.ParkedRelease)
+	}
+	// A statement of its own: it waits for the lock of each mark row, held by a
+	// consumer parking an event, and the statements after it see what it parked.
+	rows, err := tx.Query(ctx, `UPDATE `+s.schema+`.entity_marks AS m SET
+    seq         = CASE WHEN $2 THEN greatest(m.seq, m.blocked_seq) ELSE m.seq END,
+    gap_since   = CASE WHEN $2 THEN NULL ELSE m.gap_since END,
+    blocked_by  = NULL,
+    blocked_seq = NULL,
+    updated_at  = now()
+FROM `+s.schema+`.dead_letters AS d
+WHERE d.id = ANY($1::bigint[]) AND d.status <> 'pending' AND m.consumer = d.consumer AND m.blocked_by = d.event_id
+RETURNING m.consumer, m.entity_id`, ids, a != dlq.ActionReplay)
+	if err != nil {
+		return "", fmt.Errorf("lift quarantines: %w", err)
+	}
+	var consumers, entities []string
+	for rows.Next() {
+		var c, e string
+		if err := rows.Scan(&c, &e); err != nil {
+			rows.Close()
+			return "", fmt.Errorf("lift quarantines: %w", err)
+		}
+		consumers, entities = append(consumers, c), append(entities, e)
+	}
+	if err := rows.Err(); err != nil {
+		return "", fmt.Errorf("lift quarantines: %w", err)
+	}
+	if len(consumers) == 0 {
+		return c.Selector, nil
+	}
+	if action == dlq.ParkedDiscard {
+		if _, err := tx.Exec(ctx, `UPDATE `+s.schema+`.entity_marks AS m SET seq = greatest(m.seq, p.top), gap_since = NULL
+FROM (SELECT pe.consumer, pe.entity_id, max(pe.seq) AS top FROM `+s.schema+`.parked_events AS pe
+      JOIN unnest($1::text[], $2::text[]) AS u (consumer, entity_id) ON pe.consumer = u.consumer AND pe.entity_id = u.entity_id
+      GROUP BY pe.consumer, pe.entity_id) AS p
+WHERE m.consumer = p.consumer AND m.entity_id = p.entity_id`, consumers, entities); err != nil {
+			return "", fmt.Errorf("discard parked events: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM `+s.schema+`.parked_events AS pe
+USING unnest($1::text[], $2::text[]) AS u (consumer, entity_id) WHERE pe.consumer = u.consumer AND pe.entity_id = u.entity_id`, consumers, entities); err != nil {
+			return "", fmt.Errorf("discard parked events: %w", err)
+		}
+	} else if _, err := tx.Exec(ctx, `WITH p AS (
+    DELETE FROM `+s.schema+`.parked_events AS pe
+    USING unnest($1::text[], $2::text[]) AS u (consumer, entity_id)
+    WHERE pe.consumer = u.consumer AND pe.entity_id = u.entity_id
+    RETURNING pe.*)
+INSERT INTO `+s.schema+`.delayed (consumer, event_id, topic, payload, metadata, due_at)
+SELECT consumer, event_id, topic, payload, metadata,
+    now() + (row_number() OVER (PARTITION BY consumer, entity_id ORDER BY seq) - 1) * interval '1 millisecond'
+FROM p
+ON CONFLICT (consumer, event_id) DO NOTHING`, consumers, entities); err != nil {
+		return "", fmt.Errorf("release parked events: %w", err)
+	}
+	return strings.TrimSpace(c.Selector + " parked=" + string(action) + ":" + strconv.Itoa(parked)), nil
 }

@@ -68,6 +68,7 @@ type Store struct {
 	cfg    Config
 	schema string // quoted
 	sql    queries
+	order  orderQueries
 }
 
 var (
@@ -93,7 +94,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	q := pgx.Identifier{cfg.Schema}.Sanitize()
-	return &Store{pool: pool, cfg: cfg, schema: q, sql: buildQueries(q)}, nil
+	return &Store{pool: pool, cfg: cfg, schema: q, sql: buildQueries(q), order: buildOrderQueries(q)}, nil
 }
 
 func buildQueries(q string) queries {
@@ -213,7 +214,26 @@ func (s *Store) Run(ctx context.Context, key dedup.Key, fn func(ctx context.Cont
 		rollback(ctx, tx)
 		return false, err
 	}
+	o, err := s.checkOrder(ctx, tx, key)
+	if err != nil && o.park != nil {
+		if perr := s.parkQuarantined(ctx, tx, key, o); perr != nil {
+			rollback(ctx, tx)
+			return false, perr
+		}
+		if cerr := tx.Commit(ctx); cerr != nil {
+			return false, &storeError{Op: "commit the parking of " + key.String(), Err: cerr}
+		}
+		return false, err
+	}
+	if err != nil {
+		rollback(ctx, tx)
+		return false, s.orderRefused(ctx, o, err)
+	}
 	if err := fn(ContextWithTx(ctx, tx)); err != nil {
+		rollback(ctx, tx)
+		return true, err
+	}
+	if err := s.moveMark(ctx, tx, key, o); err != nil {
 		rollback(ctx, tx)
 		return true, err
 	}
@@ -260,7 +280,23 @@ func (s *Store) runInSavepoint(ctx context.Context, outer pgx.Tx, key dedup.Key,
 	if tag.RowsAffected() == 0 {
 		return false, s.checkConflict(ctx, outer, key, hash)
 	}
+	o, err := s.checkOrder(ctx, outer, key)
+	if err != nil && o.park != nil {
+		if perr := s.parkQuarantined(ctx, outer, key, o); perr != nil {
+			rollbackTo(ctx, outer)
+			return false, perr
+		}
+		return false, err // parked when the subscriber's transaction commits
+	}
+	if err != nil {
+		rollbackTo(ctx, outer)
+		return false, s.orderRefused(ctx, o, err)
+	}
 	if err := fn(ContextWithTx(ctx, outer)); err != nil {
+		rollbackTo(ctx, outer)
+		return true, err
+	}
+	if err := s.moveMark(ctx, outer, key, o); err != nil {
 		rollbackTo(ctx, outer)
 		return true, err
 	}

@@ -1,6 +1,7 @@
 package sqlite
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -127,14 +128,18 @@ func (s *Store) List(ctx context.Context, f dlq.Filter) ([]*dlq.Record, error) {
 
 // Get returns the dead letter with the given ID, or an error wrapping dlq.ErrNotFound.
 func (s *Store) Get(ctx context.Context, id int64) (*dlq.Record, error) {
-	row := s.db.QueryRowContext(ctx, "SELECT "+recordColumns+" FROM dead_letters WHERE id = ?1", id)
-	rec, err := scanRecord(row)
+	row := s.db.QueryRowContext(ctx, "SELECT "+recordColumns+`, (SELECT count(*) FROM parked_events AS pe
+    JOIN entity_marks AS m ON pe.consumer = m.consumer AND pe.entity_id = m.entity_id
+    WHERE m.consumer = d.consumer AND m.blocked_by = d.event_id) FROM dead_letters AS d WHERE id = ?1`, id)
+	var parked int
+	rec, err := scanRecord(withExtra{row, []any{&parked}})
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("sqlite: dead letter %d: %w", id, dlq.ErrNotFound)
 	}
 	if err != nil {
 		return nil, &storeError{Op: "read dead letter " + strconv.FormatInt(id, 10), Err: err}
 	}
+	rec.Parked = parked
 	return rec, nil
 }
 
@@ -287,9 +292,13 @@ func (s *Store) change(ctx context.Context, a dlq.Action, c dlq.Change, before f
 			return err
 		}
 		slices.Sort(ids)
+		selector, err := s.releaseParked(ctx, tx, a, c, ids)
+		if err != nil {
+			return err
+		}
 		entry = dlq.AuditEntry{
 			Action: a, OSUser: c.Actor.OSUser, Host: c.Actor.Host,
-			Selector: c.Selector, Reason: c.Reason, DeadLetterIDs: ids,
+			Selector: selector, Reason: c.Reason, DeadLetterIDs: ids,
 		}
 		if len(ids) == 0 {
 			return nil
@@ -297,7 +306,7 @@ func (s *Store) change(ctx context.Context, a dlq.Action, c dlq.Change, before f
 		return tx.QueryRowContext(ctx, `INSERT INTO dead_letter_audit
     (action, os_user, host, selector, reason, dead_letter_ids)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-RETURNING id, at, db_role`, string(a), c.Actor.OSUser, c.Actor.Host, c.Selector, c.Reason, jsonIDs(ids)).
+RETURNING id, at, db_role`, string(a), c.Actor.OSUser, c.Actor.Host, selector, c.Reason, jsonIDs(ids)).
 			Scan(&entry.ID, timeText{&entry.At}, &entry.DBRole)
 	})
 	if err != nil {
@@ -364,4 +373,83 @@ func (s *Store) Audit(ctx context.Context, f dlq.AuditFilter) ([]dlq.AuditEntry,
 		return nil, &storeError{Op: "read audit", Err: err}
 	}
 	return out, nil
+}
+
+// releaseParked lifts the quarantine of the entities blocked by the dead letters ids
+// that are no longer pending, in tx: replaying releases the parked events, and leaves
+// the mark for the replayed event to move; resolving releases them and moves the mark
+// past the resolved event; discarding does what c.Parked says, and requires it when
+// events are parked. Released events move to the delayed retries, due at once, one
+// millisecond apart in sequence order. It returns the selector the audit entry
+// records, with what was done to parked events appended.
+func (s *Store) releaseParked(ctx context.Context, tx *sql.Tx, a dlq.Action, c dlq.Change, ids []int64) (string, error) {
+	if len(ids) == 0 {
+		return c.Selector, nil
+	}
+	type blocked struct{ consumer, entity string }
+	rows, err := tx.QueryContext(ctx, `SELECT m.consumer, m.entity_id FROM entity_marks AS m
+JOIN dead_letters AS d ON m.consumer = d.consumer AND m.blocked_by = d.event_id
+WHERE d.id IN (SELECT value FROM json_each(?1)) AND d.status <> 'pending'`, jsonIDs(ids))
+	if err != nil {
+		return "", fmt.Errorf("find quarantines: %w", err)
+	}
+	var found []blocked
+	for rows.Next() {
+		var b blocked
+		if err := rows.Scan(&b.consumer, &b.entity); err != nil {
+			_ = rows.Close()
+			return "", fmt.Errorf("find quarantines: %w", err)
+		}
+		found = append(found, b)
+	}
+	if err := rows.Err(); err != nil {
+		return "", fmt.Errorf("find quarantines: %w", err)
+	}
+	if len(found) == 0 {
+		return c.Selector, nil
+	}
+	parked := 0
+	for _, b := range found {
+		var n int
+		if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM parked_events WHERE consumer = ?1 AND entity_id = ?2", b.consumer, b.entity).Scan(&n); err != nil {
+			return "", fmt.Errorf("count parked events: %w", err)
+		}
+		parked += n
+	}
+	action := dlq.ParkedRelease
+	if a == dlq.ActionDiscard {
+		if parked > 0 && c.Parked == "" {
+			return "", dlq.ErrParkedChoiceRequired
+		}
+		action = cmp.Or(c.Parked, dlq.ParkedRelease)
+	}
+	for _, b := range found {
+		move := a != dlq.ActionReplay
+		if _, err := tx.ExecContext(ctx, `UPDATE entity_marks SET
+    seq         = CASE WHEN ?3 THEN max(seq, blocked_seq) ELSE seq END,
+    gap_since   = CASE WHEN ?3 THEN NULL ELSE gap_since END,
+    blocked_by  = NULL,
+    blocked_seq = NULL,
+    updated_at  = `+nowSQL+`
+WHERE consumer = ?1 AND entity_id = ?2`, b.consumer, b.entity, move); err != nil {
+			return "", fmt.Errorf("lift quarantine: %w", err)
+		}
+		if action == dlq.ParkedDiscard {
+			if _, err := tx.ExecContext(ctx, `UPDATE entity_marks SET gap_since = NULL,
+    seq = max(seq, coalesce((SELECT max(seq) FROM parked_events WHERE consumer = ?1 AND entity_id = ?2), 0))
+WHERE consumer = ?1 AND entity_id = ?2`, b.consumer, b.entity); err != nil {
+				return "", fmt.Errorf("discard parked events: %w", err)
+			}
+		} else if _, err := tx.ExecContext(ctx, `INSERT INTO delayed (consumer, event_id, topic, payload, metadata, due_at, parked_at)
+SELECT consumer, event_id, topic, payload, metadata,
+    strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+' || ((row_number() OVER (ORDER BY seq) - 1) / 1000.0) || ' seconds'), `+nowSQL+`
+FROM parked_events WHERE consumer = ?1 AND entity_id = ?2 ORDER BY seq
+ON CONFLICT (consumer, event_id) DO NOTHING`, b.consumer, b.entity); err != nil {
+			return "", fmt.Errorf("release parked events: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, "DELETE FROM parked_events WHERE consumer = ?1 AND entity_id = ?2", b.consumer, b.entity); err != nil {
+			return "", fmt.Errorf("release parked events: %w", err)
+		}
+	}
+	return strings.TrimSpace(c.Selector + " parked=" + string(action) + ":" + strconv.Itoa(parked)), nil
 }

@@ -348,8 +348,27 @@ func (s *Store) Run(ctx context.Context, key dedup.Key, fn func(ctx context.Cont
 		_ = tx.Rollback()
 		return false, err
 	}
+	o, err := s.checkOrder(ctx, tx, key)
+	if err != nil && o.park != nil {
+		if perr := s.parkQuarantined(ctx, tx, key, o); perr != nil {
+			_ = tx.Rollback()
+			return false, perr
+		}
+		if cerr := tx.Commit(); cerr != nil {
+			return false, &storeError{Op: "commit the parking of " + key.String(), Err: cerr}
+		}
+		return false, err
+	}
+	if err != nil {
+		_ = tx.Rollback()
+		return false, s.orderRefused(ctx, o, err)
+	}
 	if err := fn(ContextWithTx(ctx, tx)); err != nil {
 		_ = tx.Rollback() // a failed rollback discards the connection; nothing was committed
+		return true, err
+	}
+	if err := s.moveMark(ctx, tx, key, o); err != nil {
+		_ = tx.Rollback()
 		return true, err
 	}
 	if err := tx.Commit(); err != nil {

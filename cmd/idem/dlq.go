@@ -129,10 +129,18 @@ refused their data, so no payload was kept), cannot be replayed: replay refuses 
 Discard marks dead letters discarded: dropped on purpose. --reason is mandatory and
 goes to the audit entry written in the same transaction. Select the dead letters by
 ID, or with the filters (by default the pending ones). Without --yes, discard only
-shows what it would do.`,
+shows what it would do.
+
+With ordering's quarantine, an entity's later events are parked behind its dead
+letter (show lists how many): discarding it then needs --parked release, which
+publishes them again in sequence order through the consumer's delayed retries, or
+--parked discard, which drops them; either way the entity's mark moves past the
+discarded event, and the audit entry records the choice. Replay and resolve always
+release them.`,
 	setup: func(fs *flag.FlagSet) action {
 		sel := declareFilterFlags(fs, "pending")
 		ch := declareChangeFlags(fs, true)
+		fs.StringVar(&ch.parked, "parked", "", "`release` or `discard` the events parked behind the dead letters (ordering's quarantine); required when there are any")
 		out := declareOutputFlags(fs, []string{formatTable, formatJSON}, "")
 		return func(ctx context.Context, e *env) error { return runChange(ctx, e, dlq.ActionDiscard, sel, ch, out) }
 	},
@@ -437,6 +445,8 @@ type changeFlags struct {
 	yes, all      bool
 	limit         int
 	mandatory     bool
+	// parked is what discard does to the events parked behind the dead letters.
+	parked string
 }
 
 func declareChangeFlags(fs *flag.FlagSet, reasonRequired bool) *changeFlags {

@@ -74,6 +74,11 @@ func prepareChange(e *env, sel *filterFlags, ch *changeFlags, out *outputFlags) 
 	if ch.limit < 0 {
 		return dlq.Filter{}, usageErrorf(e.cmd, "--limit must not be negative, got %d", ch.limit)
 	}
+	switch dlq.ParkedAction(ch.parked) {
+	case "", dlq.ParkedRelease, dlq.ParkedDiscard:
+	default:
+		return dlq.Filter{}, usageErrorf(e.cmd, "--parked must be release or discard, got %q", ch.parked)
+	}
 	if len(ids) == 0 && !sel.anyGiven() && !ch.all {
 		return dlq.Filter{}, usageErrorf(e.cmd, "select the dead letters: give their IDs, filters such as --consumer and --fingerprint, or --all for every %s one", sel.status)
 	}
@@ -127,12 +132,16 @@ func runChange(ctx context.Context, e *env, a dlq.Action, sel *filterFlags, ch *
 	res := newChangeJSON(a, !ch.yes, selector(flt), ch.reason)
 	res.Selected = append(res.Selected, ids(recs)...)
 	if len(recs) > 0 && ch.yes {
-		change := dlq.Change{IDs: ids(recs), Actor: actor(e.cli.getenv), Reason: ch.reason, Selector: res.Selector}
+		change := dlq.Change{IDs: ids(recs), Actor: actor(e.cli.getenv), Reason: ch.reason, Selector: res.Selector, Parked: dlq.ParkedAction(ch.parked)}
 		var entry dlq.AuditEntry
 		if a == dlq.ActionDiscard {
 			entry, err = st.Discard(ctx, change)
 		} else {
 			entry, err = st.Resolve(ctx, change)
+		}
+		if errors.Is(err, dlq.ErrParkedChoiceRequired) {
+			return usageErrorf(e.cmd, "events of their entities are parked behind the selected dead letters (see idem dlq show): "+
+				"give --parked release to publish them again, in order, or --parked discard to drop them; nothing changed")
 		}
 		if err != nil {
 			return err

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -70,6 +71,7 @@ type deadLetterJSON struct {
 	Attempts       int            `json:"attempts"`
 	Count          int            `json:"count"`
 	ReplayCount    int            `json:"replay_count"`
+	Parked         int            `json:"parked,omitempty"` // events parked behind it (quarantine); show only, when any
 	EventType      string         `json:"event_type"`
 	EventVersion   string         `json:"event_version"`
 	MessageUUID    string         `json:"message_uuid"`
@@ -131,7 +133,7 @@ func toDeadLetterJSON(rec *dlq.Record, now time.Time, r redactor, showPayload bo
 	out := deadLetterJSON{
 		ID: rec.ID, Consumer: rec.Consumer, EventID: rec.EventID, Topic: rec.Topic, Handler: rec.Handler,
 		Status: string(rec.Status), Reason: string(rec.Reason), Error: rec.Error, Fingerprint: rec.Fingerprint,
-		Attempts: rec.Attempts, Count: rec.Count, ReplayCount: rec.ReplayCount,
+		Attempts: rec.Attempts, Count: rec.Count, ReplayCount: rec.ReplayCount, Parked: rec.Parked,
 		EventType: rec.EventType, EventVersion: rec.EventVersion, MessageUUID: rec.MessageUUID,
 		CorrelationID: rec.CorrelationID, TraceID: rec.TraceID, SpanID: rec.SpanID, Host: rec.Host,
 		FirstFailedAt: rec.FirstFailedAt.UTC(), LastFailedAt: rec.LastFailedAt.UTC(),
@@ -388,7 +390,7 @@ func runShow(ctx context.Context, e *env, out *outputFlags) error {
 
 // fields lists a dead letter's fields as show prints them.
 func fields(rec *dlq.Record, now time.Time) [][2]string {
-	return [][2]string{
+	f := [][2]string{
 		{"id", strconv.FormatInt(rec.ID, 10)},
 		{"status", string(rec.Status)},
 		{"consumer", rec.Consumer},
@@ -413,6 +415,10 @@ func fields(rec *dlq.Record, now time.Time) [][2]string {
 		{"age", ageText(now.Sub(rec.DeadLetteredAt))},
 		{"updated at", timeText(rec.UpdatedAt)},
 	}
+	if rec.Parked > 0 {
+		f = slices.Insert(f, 10, [2]string{"parked events", strconv.Itoa(rec.Parked)})
+	}
+	return f
 }
 
 func payloadSummary(rec *dlq.Record, format string) string {

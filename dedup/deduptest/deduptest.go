@@ -284,6 +284,8 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 	})
 
 	runBatch(t, newHarness)
+	runOrdering(t, newHarness)
+	runQuarantine(t, newHarness)
 	runParker(t, newHarness)
 
 	t.Run("LongAndUnicodeIDs", func(t *testing.T) {

@@ -1,0 +1,2 @@
+DROP TABLE parked_events;
+DROP TABLE entity_marks;
