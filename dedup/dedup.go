@@ -205,12 +205,18 @@ func ValidateConsumer(name string) error {
 
 // DerivedKey returns a stable stand-in event ID for a message that has no valid one:
 // a hash of its payload and metadata, so that every redelivery of the same malformed
-// message collapses into one dead letter.
+// message collapses into one dead letter. Metadata that a transport or a producer
+// changes from one delivery or publish of the same message to the next is left out
+// (see [VolatileMetadataKey]): a RabbitMQ redelivery, which carries
+// _watermill_amqp_redelivered and x-delivery-count, or a publish retried with a new
+// trace context, hashes to the same key.
 func DerivedKey(msg *message.Message) string {
 	h := sha256.New()
 	keys := make([]string, 0, len(msg.Metadata))
 	for k := range msg.Metadata {
-		keys = append(keys, k)
+		if !VolatileMetadataKey(k) {
+			keys = append(keys, k)
+		}
 	}
 	slices.Sort(keys)
 	for _, k := range keys {
@@ -218,6 +224,25 @@ func DerivedKey(msg *message.Message) string {
 	}
 	h.Write(msg.Payload)
 	return "derived:" + hex.EncodeToString(h.Sum(nil))
+}
+
+// volatileKeys are metadata keys that differ between deliveries or publishes of one
+// message: delivery counts and redelivery flags of transports, trace context, and the
+// publish stamp.
+var volatileKeys = []string{
+	"x-delivery-count", "x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
+	"x-last-death-exchange", "x-last-death-queue", "x-last-death-reason",
+	"traceparent", "tracestate", "baggage", "published_at",
+}
+
+// VolatileMetadataKey reports whether the metadata key k is one that a transport or a
+// producer changes from one delivery or publish of the same message to the next:
+// Watermill's own (_watermill…), RabbitMQ's delivery counts and dead-lettering
+// history (x-delivery-count, x-death, x-first-death-…, x-last-death-…), the W3C trace
+// context (traceparent, tracestate, baggage) and the publish stamp (published_at).
+// [DerivedKey] leaves them out.
+func VolatileMetadataKey(k string) bool {
+	return strings.HasPrefix(k, "_watermill") || slices.Contains(volatileKeys, strings.ToLower(k))
 }
 
 // StartRecorder is implemented by stores that support the opt-in crash guard, which

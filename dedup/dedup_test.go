@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemkit/idem/dedup"
@@ -60,4 +61,28 @@ func TestValidateConsumer(t *testing.T) {
 	for _, name := range []string{"billing", "orders.v2/invoices", "facturación", strings.Repeat("b", dedup.MaxConsumerLength)} {
 		require.NoError(t, dedup.ValidateConsumer(name), "%q", name)
 	}
+}
+
+// TestDerivedKeyIgnoresWhatRedeliveriesChange: the same malformed message, redelivered
+// by RabbitMQ (with its redelivery flag and delivery count) or published again with a
+// new trace context, keeps one derived key; other content changes it.
+func TestDerivedKeyIgnoresWhatRedeliveriesChange(t *testing.T) {
+	t.Parallel()
+	first := message.NewMessage("u-1", []byte(`{"order": 1}`))
+	first.Metadata.Set("correlation_id", "c-1")
+	first.Metadata.Set("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+	again := message.NewMessage("u-2", []byte(`{"order": 1}`))
+	again.Metadata.Set("correlation_id", "c-1")
+	again.Metadata.Set("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+	again.Metadata.Set("_watermill_amqp_redelivered", "true")
+	again.Metadata.Set("x-delivery-count", "1")
+	again.Metadata.Set("published_at", "2026-12-02T10:00:00Z")
+	require.Equal(t, dedup.DerivedKey(first), dedup.DerivedKey(again))
+
+	other := message.NewMessage("u-3", []byte(`{"order": 1}`))
+	other.Metadata.Set("correlation_id", "c-2")
+	require.NotEqual(t, dedup.DerivedKey(first), dedup.DerivedKey(other), "other metadata is other content")
+	payload := message.NewMessage("u-4", []byte(`{"order": 2}`))
+	payload.Metadata.Set("correlation_id", "c-1")
+	require.NotEqual(t, dedup.DerivedKey(first), dedup.DerivedKey(payload))
 }
