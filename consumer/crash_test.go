@@ -87,7 +87,19 @@ func TestCrashLoopingMessageIsDeadLettered(t *testing.T) {
 	require.Equal(t, 3, d.Attempts)
 	require.Contains(t, d.Error, "never finished")
 
-	// The dead letter resets the count: a replay gets the handler run again.
+	// Another copy of the event (a duplicate publish, a redelivery) is dead-lettered at
+	// once instead of crashing a consumer again: the count outlives the dead letter.
+	killed, out = run()
+	require.False(t, killed, "a fifth delivery does not run the handler either")
+	require.Equal(t, "acked", out)
+	d, err = b.store.DeadLetter(context.Background(), "orders", "evt-crash")
+	require.NoError(t, err)
+	require.Equal(t, 2, d.Count, "dead-lettered again, one row")
+
+	// Replaying the dead letter resets the count: the replayed copy runs the handler.
+	_, err = b.store.Replay(context.Background(), dlq.Change{IDs: []int64{d.ID}, Actor: dlq.Actor{OSUser: "op", Host: "h"}, Selector: "ids"},
+		func() error { return nil })
+	require.NoError(t, err)
 	n, err := b.store.StartAttempt(context.Background(), dedupKey("orders", "evt-crash"))
 	require.NoError(t, err)
 	require.Equal(t, 1, n)

@@ -188,6 +188,12 @@ USING `+s.schema+`.dead_letters AS d
 WHERE d.id = ANY($1::bigint[]) AND a.consumer = d.consumer AND a.event_id = d.event_id`, c.IDs); err != nil {
 			return fmt.Errorf("reset attempts: %w", err)
 		}
+		// The crash guard's count too: the replayed copy runs the handler again.
+		if _, err := tx.Exec(ctx, `DELETE FROM `+s.schema+`.started AS st
+USING `+s.schema+`.dead_letters AS d
+WHERE d.id = ANY($1::bigint[]) AND st.consumer = d.consumer AND st.event_id = d.event_id`, c.IDs); err != nil {
+			return fmt.Errorf("reset the crash guard's counts: %w", err)
+		}
 		published = publish()
 		return published
 	}, s.markReplayedSQL(), c.IDs, seenCounts(c))

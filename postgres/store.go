@@ -122,8 +122,7 @@ WHERE NOT EXISTS (SELECT 1 FROM ` + q + `.processed WHERE consumer = $1 AND even
 ON CONFLICT (consumer, event_id) DO UPDATE SET started = s.started + 1, last_started_at = now()
 RETURNING started`,
 		finishAttempt: `DELETE FROM ` + q + `.started WHERE consumer = $1 AND event_id = $2`,
-		putDeadLetter: `WITH reset AS (DELETE FROM ` + q + `.started WHERE consumer = $1 AND event_id = $2)
-INSERT INTO ` + q + `.dead_letters AS d
+		putDeadLetter: `INSERT INTO ` + q + `.dead_letters AS d
     (consumer, event_id, topic, handler, message_uuid, payload, metadata, reason, error,
      fingerprint, attempts, correlation_id, trace_id, span_id, host, event_type, event_version,
      history, first_failed_at, last_failed_at)
@@ -386,8 +385,10 @@ func (s *Store) FinishAttempt(ctx context.Context, key dedup.Key) error {
 	return nil
 }
 
-// Put stores a dead letter, or updates the one of the same event; see dlq.Store. It
-// also resets the crash guard's count of the event, so that a replay starts afresh.
+// Put stores a dead letter, or updates the one of the same event; see dlq.Store. The
+// crash guard's count of the event stays: another copy of a crash-looped event is
+// dead-lettered at once instead of crashing the consumer again; replaying the dead
+// letter resets it.
 func (s *Store) Put(ctx context.Context, d *dlq.DeadLetter) (bool, error) {
 	md, err := dlq.EncodeMetadata(d.Metadata)
 	if err != nil {

@@ -206,6 +206,11 @@ func (s *Store) Replay(ctx context.Context, c dlq.Change, publish func() error) 
     SELECT consumer, event_id FROM dead_letters WHERE id IN (SELECT value FROM json_each(?1)))`, jsonIDs(c.IDs)); err != nil {
 			return fmt.Errorf("reset attempts: %w", err)
 		}
+		// The crash guard's count too: the replayed copy runs the handler again.
+		if _, err := tx.ExecContext(ctx, `DELETE FROM started WHERE (consumer, event_id) IN (
+    SELECT consumer, event_id FROM dead_letters WHERE id IN (SELECT value FROM json_each(?1)))`, jsonIDs(c.IDs)); err != nil {
+			return fmt.Errorf("reset the crash guard's counts: %w", err)
+		}
 		published = publish()
 		return published
 	}, s.markReplayed(ctx, c))

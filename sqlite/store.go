@@ -452,10 +452,6 @@ func (s *Store) Put(ctx context.Context, d *dlq.DeadLetter) (bool, error) {
 	}
 	var status string
 	err = s.write(ctx, "store dead letter "+d.Consumer+"/"+d.EventID, func(tx *sql.Tx) error {
-		// A replay of the event starts the crash guard's count afresh.
-		if _, err := tx.ExecContext(ctx, "DELETE FROM started WHERE consumer = ?1 AND event_id = ?2", d.Consumer, d.EventID); err != nil {
-			return err
-		}
 		return tx.QueryRowContext(ctx, s.sql.putDeadLetter,
 			d.Consumer, d.EventID, d.Topic, d.Handler, d.MessageUUID, payload, string(md),
 			string(d.Reason), d.Error, d.Fingerprint, d.Attempts, d.CorrelationID, d.TraceID, d.SpanID,
