@@ -125,10 +125,15 @@ func TestDelayedRetryFreesThePartition(t *testing.T) {
 			b.publish(t, ids[0])
 			require.Eventually(t, func() bool { return b.attempts(t, "billing", "evt-0") == 1 }, 10*time.Second, 5*time.Millisecond)
 			b.publish(t, ids[1:]...) // while evt-0 waits a second for its next attempt
+			// The order is recorded in the handler, before its transaction commits: wait
+			// for every effect to have committed.
 			require.Eventually(t, func() bool {
-				b.mu.Lock()
-				defer b.mu.Unlock()
-				return len(b.order) == len(ids)
+				for _, id := range ids {
+					if b.effectsOf(t, id) != 1 {
+						return false
+					}
+				}
+				return true
 			}, 20*time.Second, 10*time.Millisecond)
 			for _, id := range ids {
 				require.Equal(t, 1, b.effectsOf(t, id), id)
@@ -163,7 +168,7 @@ func TestDelayedRetryStillEndsInADeadLetter(t *testing.T) {
 	require.Equal(t, dlq.ReasonExhausted, dlq.Reason(d.Reason))
 	require.Equal(t, 3, d.Attempts, "three attempts, across two parks")
 	require.Zero(t, b.effectsOf(t, "evt-poison"))
-	require.Equal(t, 1, b.effectsOf(t, "evt-1"))
+	require.Eventually(t, func() bool { return b.effectsOf(t, "evt-1") == 1 }, 10*time.Second, 10*time.Millisecond)
 	require.Zero(t, b.parked(t))
 }
 
