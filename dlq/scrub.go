@@ -4,7 +4,6 @@ import (
 	"math"
 	"slices"
 	"strings"
-	"unicode/utf8"
 )
 
 const (
@@ -86,8 +85,7 @@ func ScrubError(s string, max int) string {
 		// no more than the window.
 		s = s[:window]
 	}
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	s = strings.ReplaceAll(s, "\x00", "\uFFFD")
+	s = validText(s)
 	folded := foldCase(s)
 	for i := range scrubPatterns {
 		if r := scrubPatterns[i].scrub(s, folded); r != s {
@@ -350,10 +348,7 @@ func truncate(s string, max int) string {
 	if cut < 0 {
 		marker, cut = "", max
 	}
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + marker
+	return s[:runeCut(s, cut)] + marker
 }
 
 // secretKeyParts are the substrings that make a metadata key look secret.

@@ -27,20 +27,32 @@ func Storable(s string, max int) string {
 	if max <= 0 {
 		max = DefaultMaxFieldLength
 	}
+	s = validText(s)
+	if len(s) <= max {
+		return s
+	}
+	return s[:runeCut(s, max)]
+}
+
+// validText returns s with each invalid UTF-8 sequence and each NUL byte replaced by
+// U+FFFD: text every store can hold.
+func validText(s string) string {
 	if !utf8.ValidString(s) {
 		s = strings.ToValidUTF8(s, "\uFFFD")
 	}
 	if strings.IndexByte(s, 0) >= 0 {
 		s = strings.ReplaceAll(s, "\x00", "\uFFFD")
 	}
-	if len(s) <= max {
-		return s
+	return s
+}
+
+// runeCut returns the largest n <= max at which s can be cut without splitting a
+// UTF-8 sequence; max must be less than len(s).
+func runeCut(s string, max int) int {
+	for max > 0 && !utf8.RuneStart(s[max]) {
+		max--
 	}
-	cut := max
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut]
+	return max
 }
 
 // IsStorable reports whether s is text every store can hold, as [Storable] makes
