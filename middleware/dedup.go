@@ -136,7 +136,10 @@ func Dedup(cfg DedupConfig) (message.HandlerMiddleware, error) {
 			ctx := msg.Context()
 			runCtx := ctx
 			if !cfg.SkipPayloadHash {
-				runCtx = dedup.WithPayloadHash(ctx, dedup.HashPayload(msg.Payload))
+				if d.payloadHash == nil {
+					d.payloadHash = dedup.HashPayload(msg.Payload) // once per delivery, not per attempt
+				}
+				runCtx = dedup.WithPayloadHash(ctx, d.payloadHash)
 			}
 			if entityFunc != nil {
 				e, err := entityOf(msg, entityFunc)

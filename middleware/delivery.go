@@ -33,6 +33,8 @@ type delivery struct {
 	// conflict says the delivery was a duplicate whose payload differs from the
 	// processed event's (Dedup).
 	conflict bool
+	// payloadHash is the SHA-256 of the payload, computed once by Dedup.
+	payloadHash []byte
 	// nextWait is the backoff Retry computed before the next attempt when it handed
 	// the message back instead of waiting (0 when it did not).
 	nextWait time.Duration
