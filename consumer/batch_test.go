@@ -369,12 +369,11 @@ func TestBatchWithCrashGuard(t *testing.T) {
 		runs.Store(msg.Metadata.Get("event_id"), true)
 		return b.effect(msg.Context(), msg)
 	})
-	// Deliveries that started and never finished, as a process killed mid-batch
-	// leaves them: three of evt-crash, two of evt-twice.
+	// Deliveries that started and never finished, as processes killed mid-batch
+	// leave them: three processes died running evt-crash, two evt-twice.
 	for id, n := range map[string]int{"evt-crash": 3, "evt-twice": 2} {
 		for range n {
-			_, err := b.store.StartAttempt(context.Background(), dedupKey("billing", id))
-			require.NoError(t, err)
+			b.crashedStart(t, "billing", id)
 		}
 	}
 	msgs := []*message.Message{newMessage("evt-1", "a"), newMessage("evt-crash", "b"), newMessage("evt-twice", "c"), newMessage("evt-2", "d")}

@@ -58,6 +58,18 @@ func (b *testBundle) effect(ctx context.Context, msg *message.Message) error {
 	return err
 }
 
+// crashedStart leaves an unfinished start of eventID, as a consumer process on the
+// same store that died mid-delivery leaves it: counted by another Store, which
+// never holds its liveness.
+func (b *testBundle) crashedStart(t *testing.T, consumerName, eventID string) {
+	t.Helper()
+	dead, err := postgres.New(b.pool, postgres.Config{Schema: b.store.Schema()})
+	require.NoError(t, err)
+	defer dead.Close()
+	_, err = dead.StartAttempt(context.Background(), dedupKey(consumerName, eventID))
+	require.NoError(t, err)
+}
+
 func (b *testBundle) count(t *testing.T, query string, args ...any) int {
 	t.Helper()
 	var n int

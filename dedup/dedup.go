@@ -249,14 +249,39 @@ func VolatileMetadataKey(k string) bool {
 // counts deliveries before the handler runs so that a message that crashes the
 // process is recognised without running it again. Implementations must be safe for
 // concurrent use.
+//
+// A start is a crash only when the process that counted it died before the delivery
+// ended: deliveries of one event that run at the same time (copies taken by several
+// replicas, a redelivery while the first delivery still works) are never crashes of
+// each other. Each value of a store counts its starts as one process; a store that
+// can tell a process that died from one that runs implements [LiveStartRecorder].
 type StartRecorder interface {
 	// StartAttempt counts one started delivery of key in its own short transaction,
-	// and returns how many deliveries of key started since one last finished,
-	// counting this one. It returns 0, counting nothing, when key was processed.
+	// on behalf of this process, and returns 1 plus the number of other processes
+	// that started deliveries of key that never finished and that are not running
+	// any more: each of them is one crash, however many deliveries it ran. A process
+	// of a LiveStartRecorder that still holds its liveness is running; with a plain
+	// StartRecorder every other process is taken for dead. The starts of this
+	// process are never counted: each of them is running, or ended without its end
+	// being recorded. It returns 0, counting nothing, when key was processed.
 	StartAttempt(ctx context.Context, key Key) (started int, err error)
-	// FinishAttempt records that a delivery of key ended without crashing, so that
-	// the next one counts from 1 again.
+	// FinishAttempt records that a delivery of key ended without crashing: it forgets
+	// every unfinished start of key, of every process, so that the next delivery
+	// counts from 1 again.
 	FinishAttempt(ctx context.Context, key Key) error
+}
+
+// LiveStartRecorder is a StartRecorder that knows which processes still run, so that
+// the deliveries another process is working on are never taken for crashes, however
+// many of them there are. The crash guard holds the liveness for the whole of each
+// delivery it counts.
+type LiveStartRecorder interface {
+	StartRecorder
+	// HoldLive shows the other processes sharing the store that this one runs, until
+	// release is called; holds nest, and release is safe to call more than once.
+	// While a hold is taken, the starts of this process are not counted as crashes
+	// elsewhere; when the process dies, its holds end with it.
+	HoldLive(ctx context.Context) (release func(), err error)
 }
 
 // ProducedEventID is the event ID given to the i-th message a handler produced while

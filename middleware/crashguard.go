@@ -17,9 +17,9 @@ import (
 type CrashGuardConfig struct {
 	// Store counts started deliveries. Required.
 	Store dedup.StartRecorder
-	// Deliveries is how many deliveries of one event may start and never finish (the
-	// process died or hung in the handler) before the next delivery is dead-lettered
-	// as crash-looped without running the handler. Required, at least 1.
+	// Deliveries is how many deliveries of one event may start and never finish
+	// because their process died before the next delivery is dead-lettered as
+	// crash-looped without running the handler. Required, at least 1.
 	Deliveries int
 	// Consumer names the dedup scope; it must pass dedup.ValidateConsumer. Defaults to
 	// the Watermill handler name (a message whose handler name does not pass is
@@ -34,15 +34,15 @@ type CrashGuardConfig struct {
 }
 
 // CrashLoopError reports an event whose last deliveries all started and never
-// finished: the handler crashes or hangs the process. It is permanent; [DeadLetter]
-// stores it with reason crash-looped.
+// finished because their process died: the handler crashes the process. It is
+// permanent; [DeadLetter] stores it with reason crash-looped.
 type CrashLoopError struct {
 	// Deliveries is how many deliveries started and never finished.
 	Deliveries int
 }
 
 func (e *CrashLoopError) Error() string {
-	return fmt.Sprintf("the last %d deliveries of this event started and never finished: the handler crashes or hangs the process; not running it again", e.Deliveries)
+	return fmt.Sprintf("the last %d deliveries of this event started and never finished: their process died: the handler crashes the process; not running it again", e.Deliveries)
 }
 
 // Permanent reports true: running the handler again would crash again.
@@ -50,10 +50,18 @@ func (e *CrashLoopError) Permanent() bool { return true }
 
 // CrashGuard counts each delivery in a short transaction of its own before the rest
 // of the stack runs, so that a message that kills the process (a crash, an OOM kill,
-// os.Exit, a hang past the ack deadline) is recognised after cfg.Deliveries
-// deliveries and dead-lettered as crash-looped without running the handler again.
-// It sits between DeadLetter and Retry. Its cost is one extra short write per
-// delivery; a delivery that ends in an error writes once more to reset the count.
+// os.Exit) is recognised after cfg.Deliveries deliveries and dead-lettered as
+// crash-looped without running the handler again. It sits between DeadLetter and
+// Retry. Its cost is one extra short write per delivery; a delivery that ends in an
+// error writes once more to reset the count.
+//
+// Only a delivery whose process died counts: deliveries of one event that run at the
+// same time, in one process or in several replicas (a redelivery while the first
+// delivery still runs), are not crashes of each other. When cfg.Store is a
+// [dedup.LiveStartRecorder], CrashGuard holds its liveness for the whole of each
+// delivery it counts, so that the other replicas know the delivery still runs. A
+// handler that hangs without killing the process is for RetryConfig.AttemptTimeout
+// to end, not for the crash guard.
 func CrashGuard(cfg CrashGuardConfig) (message.HandlerMiddleware, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("middleware: CrashGuardConfig.Store is required")
@@ -73,6 +81,13 @@ func CrashGuard(cfg CrashGuardConfig) (message.HandlerMiddleware, error) {
 				return h(msg) // malformed: DeadLetter deals with it without running the handler
 			}
 			ctx := msg.Context()
+			if live, ok := cfg.Store.(dedup.LiveStartRecorder); ok {
+				release, err := live.HoldLive(ctx)
+				if err != nil {
+					return nil, err // not the message's fault: the store classifies its error
+				}
+				defer release()
+			}
 			started, err := cfg.Store.StartAttempt(ctx, d.key)
 			if err != nil {
 				return nil, err // not the message's fault: the store classifies its error

@@ -6,6 +6,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/idemkit/idem/dedup"
 	"github.com/idemkit/idem/dedup/deduptest"
 	"github.com/idemkit/idem/dlq/dlqtest"
 	"github.com/idemkit/idem/internal/testdb"
@@ -24,6 +25,14 @@ func TestDedupConformance(t *testing.T) {
 		return deduptest.Harness{
 			PayloadHashes: true,
 			Store:         store,
+			Peer: func(t *testing.T) dedup.Store {
+				peer, err := postgres.New(pool, postgres.Config{Schema: store.Schema()})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(peer.Close)
+				return peer
+			},
 			Effect: func(ctx context.Context, id string) error {
 				tx, ok := postgres.TxFromContext(ctx)
 				if !ok {

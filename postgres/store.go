@@ -69,6 +69,7 @@ type Store struct {
 	schema string // quoted
 	sql    queries
 	order  orderQueries
+	live   *liveness
 }
 
 var (
@@ -94,7 +95,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	q := pgx.Identifier{cfg.Schema}.Sanitize()
-	return &Store{pool: pool, cfg: cfg, schema: q, sql: buildQueries(q), order: buildOrderQueries(q)}, nil
+	return &Store{pool: pool, cfg: cfg, schema: q, sql: buildQueries(q), order: buildOrderQueries(q), live: newLiveness(pool)}, nil
 }
 
 func buildQueries(q string) queries {
@@ -116,11 +117,29 @@ ON CONFLICT (consumer, event_id) DO UPDATE SET
     last_error      = EXCLUDED.last_error,
     errors          = jsonb_path_query_array(EXCLUDED.errors || a.errors, '$[0 to $n]', jsonb_build_object('n', $4::int - 1))
 RETURNING attempts`,
-		startAttempt: `INSERT INTO ` + q + `.started AS s (consumer, event_id, started)
-SELECT $1, $2, 1
-WHERE NOT EXISTS (SELECT 1 FROM ` + q + `.processed WHERE consumer = $1 AND event_id = $2)
-ON CONFLICT (consumer, event_id) DO UPDATE SET started = s.started + 1, last_started_at = now()
-RETURNING started`,
+		// The first statement counts this start under the store's instance; the
+		// second adds one crash for each other instance with unfinished starts whose
+		// liveness lock nobody holds (a process that died, however many deliveries it
+		// ran), and the counts of the rows from before instances existed (instance
+		// 0), in the same snapshot: when the event is processed, neither returns a
+		// row.
+		startAttempt: `WITH mine AS (
+    INSERT INTO ` + q + `.started AS s (consumer, event_id, instance, started)
+    SELECT $1, $2, $3, 1
+    WHERE NOT EXISTS (SELECT 1 FROM ` + q + `.processed WHERE consumer = $1 AND event_id = $2)
+    ON CONFLICT (consumer, event_id, instance) DO UPDATE SET started = s.started + 1, last_started_at = now()
+    RETURNING 1
+)
+SELECT 1 + coalesce((
+    SELECT sum(CASE WHEN o.instance = 0 THEN o.started ELSE 1 END) FROM ` + q + `.started AS o
+    WHERE o.consumer = $1 AND o.event_id = $2 AND o.instance <> $3
+      AND NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_locks AS l
+        WHERE l.locktype = 'advisory' AND l.granted
+          AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+          AND l.classid = $4::integer::oid AND l.objid = o.instance::oid AND l.objsubid = 2)
+), 0)::integer
+FROM mine`,
 		finishAttempt: `DELETE FROM ` + q + `.started WHERE consumer = $1 AND event_id = $2`,
 		putDeadLetter: `INSERT INTO ` + q + `.dead_letters AS d
     (consumer, event_id, topic, handler, message_uuid, payload, metadata, reason, error,
@@ -351,12 +370,17 @@ func (s *Store) RecordFailure(ctx context.Context, key dedup.Key, cause string) 
 // PostgreSQL has it, not a crash of PostgreSQL itself, which would lose at most the
 // last fraction of a second of counts (a crash loop is then found one delivery later).
 // That spares the delivery a second flush of the WAL to disk.
+//
+// Each Store counts its starts as one process (an instance number on its rows). The
+// starts of another Store are crashes only when its process is gone: while it holds
+// its liveness ([Store.HoldLive], which the crash guard takes for every delivery) they
+// are deliveries still running, never counted.
 func (s *Store) StartAttempt(ctx context.Context, key dedup.Key) (int, error) {
 	var n int
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	b.Queue("SET LOCAL synchronous_commit = off")
-	b.Queue(s.sql.startAttempt, key.Consumer, key.EventID)
+	b.Queue(s.sql.startAttempt, key.Consumer, key.EventID, s.live.current(), lockClass)
 	b.Queue("COMMIT")
 	br := s.pool.SendBatch(ctx, b)
 	_, beginErr := br.Exec()

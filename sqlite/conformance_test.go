@@ -7,6 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/idemkit/idem/dedup"
 	"github.com/idemkit/idem/dedup/deduptest"
 	"github.com/idemkit/idem/dlq/dlqtest"
 	"github.com/idemkit/idem/sqlite"
@@ -32,6 +33,12 @@ func TestDedupConformance(t *testing.T) {
 		return deduptest.Harness{
 			PayloadHashes: true,
 			Store:         store,
+			Peer: func(t *testing.T) dedup.Store {
+				peer, err := sqlite.Open(context.Background(), store.Path(), sqlite.Config{})
+				require.NoError(t, err)
+				t.Cleanup(func() { _ = peer.Close() })
+				return peer
+			},
 			Effect: func(ctx context.Context, id string) error {
 				tx, ok := sqlite.TxFromContext(ctx)
 				if !ok {

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/rand"
 	"database/sql"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/url"
@@ -80,6 +82,9 @@ type Store struct {
 	// writer is a one-slot semaphore held for every write transaction of this Store,
 	// so that the process's writers queue in order instead of polling SQLite's lock.
 	writer chan struct{}
+	// instance is the number this Store's crash-guard start rows carry: the starts
+	// of other Stores (other processes) are the ones that count as crashes.
+	instance int64
 }
 
 var (
@@ -111,11 +116,12 @@ func Open(ctx context.Context, path string, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
 	}
 	s := &Store{
-		db:     sql.OpenDB(connector),
-		cfg:    cfg,
-		path:   path,
-		sql:    buildQueries(),
-		writer: make(chan struct{}, 1),
+		db:       sql.OpenDB(connector),
+		cfg:      cfg,
+		path:     path,
+		sql:      buildQueries(),
+		writer:   make(chan struct{}, 1),
+		instance: newInstance(),
 	}
 	if err := s.init(ctx); err != nil {
 		_ = s.db.Close()
@@ -410,24 +416,40 @@ func (s *Store) RecordFailure(ctx context.Context, key dedup.Key, cause string) 
 }
 
 // StartAttempt counts a started delivery for the crash guard; see dedup.StartRecorder.
+// Each Store counts its starts as one process, and takes the unfinished starts of
+// every other Store on the file for crashes: SQLite cannot tell whether another
+// process still runs. Share one Store per process and file, and run the consumers
+// of one file in one process, or a delivery another process still runs can be counted
+// as a crash.
 func (s *Store) StartAttempt(ctx context.Context, key dedup.Key) (int, error) {
 	var n int
 	err := s.write(ctx, "count the start of "+key.String(), func(tx *sql.Tx) error {
-		err := tx.QueryRowContext(ctx, `INSERT INTO started AS s (consumer, event_id, started)
-SELECT ?1, ?2, 1
+		res, err := tx.ExecContext(ctx, `INSERT INTO started AS s (consumer, event_id, instance, started)
+SELECT ?1, ?2, ?3, 1
 WHERE NOT EXISTS (SELECT 1 FROM processed WHERE consumer = ?1 AND event_id = ?2)
-ON CONFLICT (consumer, event_id) DO UPDATE SET started = s.started + 1, last_started_at = `+nowSQL+`
-RETURNING started`, key.Consumer, key.EventID).Scan(&n)
-		if errors.Is(err, sql.ErrNoRows) {
-			n = 0 // processed already
-			return nil
+ON CONFLICT (consumer, event_id, instance) DO UPDATE SET started = s.started + 1, last_started_at = `+nowSQL, key.Consumer, key.EventID, s.instance)
+		if err != nil {
+			return err
 		}
-		return err
+		if counted, err := res.RowsAffected(); err != nil || counted == 0 {
+			n = 0 // processed already
+			return err
+		}
+		return tx.QueryRowContext(ctx, `SELECT 1 + coalesce(sum(CASE WHEN instance = 0 THEN started ELSE 1 END), 0) FROM started
+WHERE consumer = ?1 AND event_id = ?2 AND instance <> ?3`, key.Consumer, key.EventID, s.instance).Scan(&n)
 	})
 	if err != nil {
 		return 0, err
 	}
 	return n, nil
+}
+
+// newInstance draws a Store's instance number, never 0 (the rows from before
+// instances existed).
+func newInstance() int64 {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	return int64(binary.BigEndian.Uint64(b[:])>>1) | 1
 }
 
 // FinishAttempt records that a delivery ended without crashing; see dedup.StartRecorder.

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -33,6 +34,10 @@ type Harness struct {
 	// suite then checks that it reports conflicting duplicates. A store that keeps
 	// none is checked only to ignore them.
 	PayloadHashes bool
+	// Peer opens another value of the store on the same data, as another consumer
+	// process would: the suite checks the crash guard's counts across processes with
+	// it. Nil for a store that is no dedup.StartRecorder.
+	Peer func(t *testing.T) dedup.Store
 }
 
 // Run runs the conformance suite. newHarness is called once per subtest.
@@ -222,26 +227,58 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		if !ok {
 			t.Skip("the store has no crash guard (dedup.StartRecorder)")
 		}
-		key := dedup.Key{Consumer: "c", EventID: "e1"}
-		for want := 1; want <= 3; want++ {
+		require.NotNil(t, h.Peer, "a StartRecorder's harness must give Peer")
+		peer, ok := h.Peer(t).(dedup.StartRecorder)
+		require.True(t, ok, "the peer must be a StartRecorder too")
+		start := func(sr dedup.StartRecorder, key dedup.Key) int {
+			t.Helper()
 			n, err := sr.StartAttempt(ctx, key)
 			require.NoError(t, err)
-			require.Equal(t, want, n)
+			return n
 		}
+		key := dedup.Key{Consumer: "c", EventID: "e1"}
+		for range 3 {
+			require.Equal(t, 1, start(sr, key), "a process's own starts are never its crashes")
+		}
+		require.Equal(t, 2, start(peer, key), "another process's unfinished starts are one crash of it, however many they are")
+		require.Equal(t, 2, start(peer, key), "the peer's own starts do not count for it")
+		require.Equal(t, 2, start(sr, key), "the peer's starts count once for the first process")
 		require.NoError(t, sr.FinishAttempt(ctx, key))
-		n, err := sr.StartAttempt(ctx, key)
-		require.NoError(t, err)
-		require.Equal(t, 1, n, "a finished delivery resets the count")
-		n, err = sr.StartAttempt(ctx, dedup.Key{Consumer: "other", EventID: "e1"})
-		require.NoError(t, err)
-		require.Equal(t, 1, n, "counts are per consumer")
+		require.Equal(t, 1, start(peer, key), "a finished delivery forgets every process's starts")
+		require.Equal(t, 2, start(sr, key))
+		require.Equal(t, 1, start(sr, dedup.Key{Consumer: "other", EventID: "e1"}), "counts are per consumer")
 
 		claimed, err := h.Store.Run(ctx, key, func(ctx context.Context) error { return h.Effect(ctx, "e1") })
 		require.NoError(t, err)
 		require.True(t, claimed)
-		n, err = sr.StartAttempt(ctx, key)
+		require.Zero(t, start(sr, key), "a processed event is never counted as crashing")
+		require.Zero(t, start(peer, key), "a processed event is never counted as crashing")
+
+		livePeer, ok := peer.(dedup.LiveStartRecorder)
+		if !ok {
+			return
+		}
+		// While a process holds its liveness, its unfinished starts are deliveries
+		// still running, never crashes; once it lets go, they are.
+		key = dedup.Key{Consumer: "c", EventID: "e2"}
+		release, err := livePeer.HoldLive(ctx)
 		require.NoError(t, err)
-		require.Zero(t, n, "a processed event is never counted as crashing")
+		again, err := livePeer.HoldLive(ctx)
+		require.NoError(t, err, "holds nest")
+		require.Equal(t, 1, start(peer, key))
+		require.Equal(t, 1, start(peer, key))
+		require.Equal(t, 1, start(sr, key), "the starts of a process that runs are no crashes")
+		again()
+		again() // safe to call twice
+		require.Equal(t, 1, start(sr, key), "one hold is still taken")
+		release()
+		if c, ok := peer.(interface{ Close() }); ok {
+			c.Close() // the process is gone
+		} else if c, ok := peer.(interface{ Close() error }); ok {
+			require.NoError(t, c.Close())
+		}
+		require.Eventually(t, func() bool { return start(sr, key) == 2 }, 10*time.Second, 20*time.Millisecond,
+			"the starts of a process that let go of its liveness are crashes")
 	})
 
 	t.Run("ConflictingDuplicates", func(t *testing.T) {

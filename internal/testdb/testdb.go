@@ -109,5 +109,6 @@ func Store(t testing.TB) (*postgres.Store, *pgxpool.Pool) {
 	if err != nil {
 		t.Fatalf("postgres.New: %v", err)
 	}
+	t.Cleanup(store.Close)
 	return store, pool
 }
