@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 
 	"github.com/idemkit/idem/consumer"
 	"github.com/idemkit/idem/dlq"
+	"github.com/idemkit/idem/internal/testdb"
 	"github.com/idemkit/idem/postgres"
 )
 
@@ -128,4 +130,52 @@ func runChild(t *testing.T, env, killOn string) (killed bool, out string) {
 	}
 	_ = cmd.Wait()
 	return killed, strings.Join(lines, "\n")
+}
+
+// TestConcurrentDeliveriesAreNoCrashLoop: copies of one event delivered while the
+// first still runs (a redelivery past the ack deadline, a copy claimed by another
+// replica) started and have not finished, yet their process runs: none of them is a
+// crash, even with the strictest crash guard, and the effect happens once.
+func TestConcurrentDeliveriesAreNoCrashLoop(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	// The replica has a pool of its own, as another process would: the copies wait
+	// for the first one's claim holding a connection each.
+	replica, err := postgres.New(testdb.Pool(t), postgres.Config{Schema: b.store.Schema()})
+	require.NoError(t, err)
+	t.Cleanup(replica.Close)
+
+	entered, gate := make(chan struct{}), make(chan struct{})
+	var calls atomic.Int32
+	handler := func(msg *message.Message) error {
+		if calls.Add(1) == 1 {
+			close(entered)
+			<-gate
+		}
+		return b.effect(msg.Context(), msg)
+	}
+	wrap := func(store *postgres.Store) func(*message.Message) error {
+		c, err := consumer.New(consumer.Config{Store: store, Retry: fastPolicy(), CrashGuard: 1, Logger: testLogger(t)})
+		require.NoError(t, err)
+		return c.WrapConsumer("orders", handler)
+	}
+	here, there := wrap(b.store), wrap(replica)
+
+	errs := make(chan error, 5)
+	go func() { errs <- here(newMessage("evt-slow", "p")) }()
+	<-entered
+	for _, h := range []func(*message.Message) error{here, here, there, there} {
+		go func() { errs <- h(newMessage("evt-slow", "p")) }()
+	}
+	// Every copy has counted its start before the first one ends.
+	require.Eventually(t, func() bool {
+		return b.count(t, "SELECT coalesce(sum(started), 0)::int FROM "+b.store.Schema()+".started WHERE event_id = 'evt-slow'") == 5
+	}, 10*time.Second, 10*time.Millisecond)
+	close(gate)
+	for range 5 {
+		require.NoError(t, <-errs, "every copy is acked")
+	}
+	require.Zero(t, b.deadLetters(t), "no copy is taken for a crash loop")
+	require.Equal(t, 1, b.effectsOf(t, "evt-slow"))
+	require.Equal(t, int32(1), calls.Load(), "the copies are duplicates of the first")
 }
