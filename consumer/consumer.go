@@ -99,11 +99,15 @@ type Config struct {
 	// (idem.duplicates.conflicting) and marked on its span. It costs a hash of the
 	// payload and 32 bytes per processed row. Defaults to false.
 	SkipPayloadHash bool
-	// CrashGuard, when above 0, is how many deliveries of one event may start and
-	// never finish (the process crashed, was killed, or hung) before the event is
-	// dead-lettered as crash-looped without running the handler again. It costs one
-	// short write per delivery; the store must implement dedup.StartRecorder (both
-	// postgres.Store and sqlite.Store do). Defaults to 0: off.
+	// CrashGuard, when above 0, is how many consumer processes may die (crashed,
+	// killed) with a delivery of one event started and not finished before the event
+	// is dead-lettered as crash-looped without running the handler again. Deliveries
+	// of one event that run at the same time, in this process or in other replicas,
+	// are not crashes of each other; a handler that hangs is HandlerTimeout's to end.
+	// It costs one short write per delivery; the store must implement
+	// dedup.StartRecorder (both postgres.Store and sqlite.Store do; a postgres.Store
+	// opens one connection of its own to show its process alive, see
+	// postgres.Store.HoldLive). Defaults to 0: off.
 	CrashGuard int
 	// Outbox, when set, receives the messages that handlers registered with
 	// AddHandler return, inside the attempt's transaction: they are published if and

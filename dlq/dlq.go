@@ -19,8 +19,9 @@ const (
 	// under a derived key so that its redeliveries collapse into one dead letter; or,
 	// with ordering on, no usable entity ID or sequence number.
 	ReasonMalformed Reason = "malformed"
-	// ReasonCrashLooped: the message was delivered again and again without any attempt
-	// finishing, as when the handler crashes or hangs the process.
+	// ReasonCrashLooped: the message's deliveries killed the process again and again
+	// (the crash guard's count of processes that died with a delivery of it started
+	// and not finished), as when the handler crashes it.
 	ReasonCrashLooped Reason = "crash-looped"
 	// ReasonGap: with ordering under the strict gap policy, the message waited for
 	// earlier events of its entity longer than the gap timeout.

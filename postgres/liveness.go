@@ -74,7 +74,7 @@ func (l *liveness) hold(ctx context.Context) (func(), error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
-		return nil, errors.New("postgres: the store is closed; the crash guard cannot show this process alive")
+		return nil, &storeError{Op: "show this process alive to the crash guard", Err: errStoreClosed}
 	}
 	if l.idle != nil {
 		l.idle.Stop()
@@ -108,8 +108,12 @@ func (l *liveness) release() {
 	})
 }
 
-// errLockBusy reports that the instance's lock is still held by another session.
-var errLockBusy = errors.New("the liveness lock is held by another session")
+var (
+	// errLockBusy reports that the instance's lock is still held by another session.
+	errLockBusy = errors.New("the liveness lock is still held by the session that lost its connection; retry in a moment")
+	// errStoreClosed reports a hold asked for after Store.Close.
+	errStoreClosed = errors.New("the store is closed")
+)
 
 // connectLocked opens the liveness connection and takes the instance's lock on it.
 // When another session holds the lock, it draws a new instance number, unless keep
@@ -133,7 +137,7 @@ func (l *liveness) connectLocked(ctx context.Context, keep bool) error {
 		}
 		if keep {
 			_ = conn.Close(context.WithoutCancel(ctx))
-			return errLockBusy
+			return &storeError{Op: "take the crash guard's liveness lock again", Err: errLockBusy}
 		}
 		// Another session holds this number: another process drew it, or an earlier
 		// liveness connection of this one is not over yet on the server. Starts are
@@ -174,7 +178,7 @@ func (l *liveness) watch(ctx context.Context, conn *pgx.Conn) {
 
 // reconnect connects again, with backoff, while deliveries still hold the liveness.
 // It keeps the instance number the running deliveries counted their starts under
-// while the server may still be ending the old session (about 30 seconds); past
+// while the server may still be ending the old session (about 20 seconds); past
 // that, another process holds it and a new number is drawn.
 func (l *liveness) reconnect() {
 	defer l.watchers.Done()
