@@ -94,21 +94,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	defer func() {
 		_, _ = pool.Exec(context.WithoutCancel(ctx), "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
 	}()
-	store, err := postgres.New(pool, postgres.Config{Schema: schema})
+	b, err := newBench(ctx, pool, schema, cfg.batch, cfg.txs)
 	if err != nil {
 		return err
 	}
-	effects := pgx.Identifier{schema, "effects"}.Sanitize()
-	if _, err := pool.Exec(ctx, "CREATE TABLE "+effects+" (event_id text PRIMARY KEY, note text NOT NULL)"); err != nil {
-		return err
-	}
-	b := &bench{pool: pool, store: store, schema: schema, effects: effects, batch: cfg.batch, txs: cfg.txs}
-	modes := []mode{
-		{"hand-written per message", b.handWritten},
-		{"idem per message", b.idem(false, false)},
-		{"idem group commit", b.idem(true, false)},
-		{"idem batch handler", b.idem(true, true)},
-	}
+	modes := b.modes()
 	results := map[string][]result{}
 	for round := range cfg.rounds {
 		for _, n := range cfg.inFlight {
@@ -145,6 +135,30 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 type mode struct {
 	name  string
 	build func() (func(ctx context.Context, id string) error, error)
+}
+
+// newBench prepares the modes' store and effects table in schema, which must be
+// migrated.
+func newBench(ctx context.Context, pool *pgxpool.Pool, schema string, batch, txs int) (*bench, error) {
+	store, err := postgres.New(pool, postgres.Config{Schema: schema})
+	if err != nil {
+		return nil, err
+	}
+	effects := pgx.Identifier{schema, "effects"}.Sanitize()
+	if _, err := pool.Exec(ctx, "CREATE TABLE "+effects+" (event_id text PRIMARY KEY, note text NOT NULL)"); err != nil {
+		return nil, err
+	}
+	return &bench{pool: pool, store: store, schema: schema, effects: effects, batch: batch, txs: txs}, nil
+}
+
+// modes are the four ways of handling the same events, compared side by side.
+func (b *bench) modes() []mode {
+	return []mode{
+		{"hand-written per message", b.handWritten},
+		{"idem per message", b.idem(false, false)},
+		{"idem group commit", b.idem(true, false)},
+		{"idem batch handler", b.idem(true, true)},
+	}
 }
 
 type bench struct {
