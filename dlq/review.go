@@ -98,6 +98,10 @@ type Group struct {
 	Fingerprint string
 	// Count is how many dead letters the group holds.
 	Count int64
+	// Parked is how many events are parked behind the group's pending dead letters
+	// (ordering with quarantine, see dedup.Quarantiner): the sum of their
+	// Record.Parked.
+	Parked int64
 	// FirstSeen and LastSeen are the oldest and newest DeadLetteredAt of the group.
 	FirstSeen time.Time
 	LastSeen  time.Time

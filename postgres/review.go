@@ -131,22 +131,32 @@ func (s *Store) Get(ctx context.Context, id int64) (*dlq.Record, error) {
 }
 
 // Report groups the dead letters f selects by consumer, topic and fingerprint; see
-// dlq.Reviewer. It reads the selected rows once.
+// dlq.Reviewer. It reads the selected rows once, and counts the parked events once,
+// by the dead letter they are parked behind.
 func (s *Store) Report(ctx context.Context, f dlq.Filter) ([]dlq.Group, error) {
 	f.AfterID, f.Limit = 0, 0
 	if err := f.Validate(); err != nil {
 		return nil, err
 	}
 	where, args := filterSQL(f, []any{dlq.GroupSamples}, false)
-	q := `SELECT consumer, topic, fingerprint, count(*), min(dead_lettered_at), max(dead_lettered_at),
+	// The filter's columns are unqualified: the parked counts' columns are named
+	// apart from the dead letters'.
+	q := `SELECT consumer, topic, fingerprint, count(*), sum(parked)::bigint, min(dead_lettered_at), max(dead_lettered_at),
     max(error) FILTER (WHERE newest = 1),
     array_agg(id ORDER BY id) FILTER (WHERE oldest <= $1),
     array_agg(event_id ORDER BY id) FILTER (WHERE oldest <= $1)
 FROM (
-    SELECT id, consumer, topic, fingerprint, event_id, error, dead_lettered_at,
+    SELECT id, consumer, topic, fingerprint, event_id, error, dead_lettered_at, coalesce(p.parked, 0) AS parked,
         row_number() OVER (PARTITION BY consumer, topic, fingerprint ORDER BY dead_lettered_at DESC, id DESC) AS newest,
         row_number() OVER (PARTITION BY consumer, topic, fingerprint ORDER BY id) AS oldest
-    FROM ` + s.schema + `.dead_letters` + where + `
+    FROM ` + s.schema + `.dead_letters AS dl
+    LEFT JOIN (
+        SELECT m.consumer AS blocked_consumer, m.blocked_by, count(*) AS parked
+        FROM ` + s.schema + `.parked_events AS pe
+        JOIN ` + s.schema + `.entity_marks AS m ON pe.consumer = m.consumer AND pe.entity_id = m.entity_id
+        WHERE m.blocked_by IS NOT NULL
+        GROUP BY m.consumer, m.blocked_by
+    ) AS p ON p.blocked_consumer = dl.consumer AND p.blocked_by = dl.event_id AND dl.status = 'pending'` + where + `
 ) AS d
 GROUP BY consumer, topic, fingerprint
 ORDER BY count(*) DESC, min(dead_lettered_at), consumer, topic, fingerprint`
@@ -158,7 +168,7 @@ ORDER BY count(*) DESC, min(dead_lettered_at), consumer, topic, fingerprint`
 	var out []dlq.Group
 	for rows.Next() {
 		var g dlq.Group
-		if err := rows.Scan(&g.Consumer, &g.Topic, &g.Fingerprint, &g.Count, &g.FirstSeen, &g.LastSeen,
+		if err := rows.Scan(&g.Consumer, &g.Topic, &g.Fingerprint, &g.Count, &g.Parked, &g.FirstSeen, &g.LastSeen,
 			&g.SampleError, &g.SampleIDs, &g.SampleEventIDs); err != nil {
 			return nil, fmt.Errorf("postgres: report dead letters: %w", err)
 		}

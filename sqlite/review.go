@@ -144,22 +144,32 @@ func (s *Store) Get(ctx context.Context, id int64) (*dlq.Record, error) {
 }
 
 // Report groups the dead letters f selects by consumer, topic and fingerprint; see
-// dlq.Reviewer. It reads the selected rows once, without waiting for writers.
+// dlq.Reviewer. It reads the selected rows once, and counts the parked events once,
+// by the dead letter they are parked behind, without waiting for writers.
 func (s *Store) Report(ctx context.Context, f dlq.Filter) ([]dlq.Group, error) {
 	f.AfterID, f.Limit = 0, 0
 	if err := f.Validate(); err != nil {
 		return nil, err
 	}
 	where, args := filterSQL(f, []any{dlq.GroupSamples}, false)
-	q := `SELECT consumer, topic, fingerprint, count(*), min(dead_lettered_at), max(dead_lettered_at),
+	// The filter's columns are unqualified: the parked counts' columns are named
+	// apart from the dead letters'.
+	q := `SELECT consumer, topic, fingerprint, count(*), sum(parked), min(dead_lettered_at), max(dead_lettered_at),
     max(error) FILTER (WHERE newest = 1),
     json_group_array(id ORDER BY id) FILTER (WHERE oldest <= ?1),
     json_group_array(event_id ORDER BY id) FILTER (WHERE oldest <= ?1)
 FROM (
-    SELECT id, consumer, topic, fingerprint, event_id, error, dead_lettered_at,
+    SELECT id, consumer, topic, fingerprint, event_id, error, dead_lettered_at, coalesce(p.parked, 0) AS parked,
         row_number() OVER (PARTITION BY consumer, topic, fingerprint ORDER BY dead_lettered_at DESC, id DESC) AS newest,
         row_number() OVER (PARTITION BY consumer, topic, fingerprint ORDER BY id) AS oldest
-    FROM dead_letters` + where + `
+    FROM dead_letters AS dl
+    LEFT JOIN (
+        SELECT m.consumer AS blocked_consumer, m.blocked_by, count(*) AS parked
+        FROM parked_events AS pe
+        JOIN entity_marks AS m ON pe.consumer = m.consumer AND pe.entity_id = m.entity_id
+        WHERE m.blocked_by IS NOT NULL
+        GROUP BY m.consumer, m.blocked_by
+    ) AS p ON p.blocked_consumer = dl.consumer AND p.blocked_by = dl.event_id AND dl.status = 'pending'` + where + `
 ) AS d
 GROUP BY consumer, topic, fingerprint
 ORDER BY count(*) DESC, min(dead_lettered_at), consumer, topic, fingerprint`
@@ -172,7 +182,7 @@ ORDER BY count(*) DESC, min(dead_lettered_at), consumer, topic, fingerprint`
 	for rows.Next() {
 		var g dlq.Group
 		var ids, eventIDs string
-		if err := rows.Scan(&g.Consumer, &g.Topic, &g.Fingerprint, &g.Count, timeText{&g.FirstSeen}, timeText{&g.LastSeen},
+		if err := rows.Scan(&g.Consumer, &g.Topic, &g.Fingerprint, &g.Count, &g.Parked, timeText{&g.FirstSeen}, timeText{&g.LastSeen},
 			&g.SampleError, &ids, &eventIDs); err != nil {
 			return nil, &storeError{Op: "report dead letters", Err: err}
 		}

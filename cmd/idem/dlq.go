@@ -34,6 +34,8 @@ the age of its oldest dead letter, the error of its latest one, and the IDs and
 event IDs of its first ones. It ends with the totals. By default it reports the
 pending dead letters: those waiting for review. The table leaves out the samples
 (error, IDs, event IDs) unless --wide is given; the other formats always hold them.
+With ordering's quarantine, a PARKED column after COUNT shows how many events are
+parked behind each group's pending dead letters, when any are.
 
 Select a group in the other commands with --consumer, --topic and --fingerprint.`,
 	setup: func(fs *flag.FlagSet) action {

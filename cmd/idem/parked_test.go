@@ -6,35 +6,90 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemkit/idem/dedup"
 	"github.com/idemkit/idem/dlq"
 	"github.com/idemkit/idem/internal/testdb"
 	"github.com/idemkit/idem/postgres"
+	"github.com/idemkit/idem/sqlite"
 )
 
-// quarantined dead-letters event 2 of entity order:7 in schema, quarantines the
-// entity, and parks its events 3 and 4 behind it, as a consumer with ordering's
-// quarantine would. It returns the dead letter's ID.
-func quarantined(t *testing.T, schema string) int64 {
+// parkingStore is what the parked tests need of a store; both of idem's are one.
+type parkingStore interface {
+	dlq.Reviewer
+	dedup.Store
+	dedup.Quarantiner
+	Put(ctx context.Context, d *dlq.DeadLetter) (bool, error)
+}
+
+// quarantine dead-letters event eventID of consumer, the event seq of entity, in the
+// failure group of topic and fingerprint; quarantines the entity; and parks its next
+// parked events behind it, as a consumer with ordering's quarantine would. It returns
+// the dead letter's ID.
+func quarantine(t *testing.T, st parkingStore, consumer, topic, fingerprint, eventID, entity string, seq int64, parked int) int64 {
 	t.Helper()
 	ctx := t.Context()
-	store, err := postgres.New(testdb.Pool(t), postgres.Config{Schema: schema})
+	d := &dlq.DeadLetter{Consumer: consumer, EventID: eventID, Topic: topic, Payload: []byte("{}"), Metadata: map[string]string{},
+		Reason: dlq.ReasonPermanent, Error: "boom", Fingerprint: fingerprint, Attempts: 1}
+	_, err := st.Put(ctx, d)
 	require.NoError(t, err)
-	d := &dlq.DeadLetter{Consumer: "billing", EventID: "evt-2", Topic: "orders", Payload: []byte("{}"), Metadata: map[string]string{},
-		Reason: dlq.ReasonPermanent, Error: "boom", Fingerprint: "f", Attempts: 1}
-	_, err = store.Put(ctx, d)
-	require.NoError(t, err)
-	require.NoError(t, store.Quarantine(ctx, dedup.Key{Consumer: "billing", EventID: "evt-2"}, dedup.Entity{ID: "order:7", Seq: 2}))
-	for _, seq := range []int64{3, 4} {
-		key := dedup.Key{Consumer: "billing", EventID: fmt.Sprintf("evt-%d", seq)}
-		rctx := dedup.WithParking(dedup.WithEntity(ctx, dedup.Entity{ID: "order:7", Seq: seq}, dedup.GapStrict),
-			dedup.Parked{Key: key, Topic: "orders", Payload: []byte("{}"), Metadata: map[string]string{"event_id": key.EventID}})
-		_, err := store.Run(rctx, key, func(context.Context) error { return nil })
+	require.NoError(t, st.Quarantine(ctx, dedup.Key{Consumer: consumer, EventID: eventID}, dedup.Entity{ID: entity, Seq: seq}))
+	for next := seq + 1; next <= seq+int64(parked); next++ {
+		key := dedup.Key{Consumer: consumer, EventID: fmt.Sprintf("%s-%d", entity, next)}
+		rctx := dedup.WithParking(dedup.WithEntity(ctx, dedup.Entity{ID: entity, Seq: next}, dedup.GapStrict),
+			dedup.Parked{Key: key, Topic: topic, Payload: []byte("{}"), Metadata: map[string]string{"event_id": key.EventID}})
+		_, err := st.Run(rctx, key, func(context.Context) error { return nil })
 		require.ErrorIs(t, err, dedup.ErrQuarantined)
 	}
 	return d.ID
+}
+
+// quarantined dead-letters event 2 of entity order:7 in schema, quarantines the
+// entity, and parks its events 3 and 4 behind it. It returns the dead letter's ID.
+func quarantined(t *testing.T, schema string) int64 {
+	t.Helper()
+	store, err := postgres.New(testdb.Pool(t), postgres.Config{Schema: schema})
+	require.NoError(t, err)
+	return quarantine(t, store, "billing", "orders", "f", "evt-2", "order:7", 2, 2)
+}
+
+// parkedIDs are the dead letters parkedGroups writes.
+type parkedIDs struct{ gap2, gap12, none, resolved int64 }
+
+// parkedGroups writes, through st, the dead letters of three failure groups:
+//
+//   - billing · orders · f-gap: evt-2, with events 3 and 4 of order:7 parked behind
+//     it, and evt-12, with event 13 of order:8: 3 parked events;
+//   - refunds · refunds · f-none: evt-30, nothing parked behind it;
+//   - shipping · orders · f-label: evt-20, with event 21 of order:9 parked behind it,
+//     then resolved behind the store's back, its quarantine left in place: not
+//     pending, so its parked event counts in no group.
+func parkedGroups(t *testing.T, st dlq.Reviewer) parkedIDs {
+	t.Helper()
+	ps, ok := st.(parkingStore)
+	require.True(t, ok, "%T quarantines", st)
+	ids := parkedIDs{
+		gap2:     quarantine(t, ps, "billing", "orders", "f-gap", "evt-2", "order:7", 2, 2),
+		gap12:    quarantine(t, ps, "billing", "orders", "f-gap", "evt-12", "order:8", 12, 1),
+		none:     quarantine(t, ps, "refunds", "refunds", "f-none", "evt-30", "refund:1", 30, 0),
+		resolved: quarantine(t, ps, "shipping", "orders", "f-label", "evt-20", "order:9", 20, 1),
+	}
+	var err error
+	switch s := st.(type) {
+	case *postgres.Store:
+		_, err = testdb.Pool(t).Exec(t.Context(), "UPDATE "+pgx.Identifier{s.Schema(), "dead_letters"}.Sanitize()+" SET status = 'resolved' WHERE id = $1", ids.resolved)
+	case *sqlite.Store:
+		_, err = s.DB().ExecContext(t.Context(), "UPDATE dead_letters SET status = 'resolved' WHERE id = ?1", ids.resolved)
+	default:
+		t.Fatalf("no SQL for %T", st)
+	}
+	require.NoError(t, err)
+	rec, err := st.Get(t.Context(), ids.resolved)
+	require.NoError(t, err)
+	require.Equal(t, 1, rec.Parked, "its entity is still quarantined")
+	return ids
 }
 
 // TestParked: show counts the events parked behind a dead letter; discard refuses
@@ -78,3 +133,65 @@ func TestParked(t *testing.T) {
 	require.Equal(t, 0, res.code, res.stderr)
 	require.NotContains(t, res.stdout, "parked events")
 }
+
+// TestReportParked: report shows how many events are parked behind each group's
+// pending dead letters, in every format, on both stores; and only when some are.
+func TestReportParked(t *testing.T) {
+	t.Parallel()
+	for _, backend := range consoleBackends {
+		t.Run(backend.name, func(t *testing.T) {
+			t.Parallel()
+			db, st := backend.open(t, nil)
+			parkedGroups(t, st)
+			report := func(args ...string) string {
+				t.Helper()
+				res := exe(t, "", nil, append(append([]string{"dlq", "report"}, args...), db...)...)
+				require.Equal(t, 0, res.code, res.stderr)
+				requireInert(t, res.stdout)
+				return res.stdout
+			}
+
+			out := report()
+			require.Regexp(t, `(?m)^CONSUMER\s+TOPIC\s+FINGERPRINT\s+COUNT\s+PARKED\s+FIRST SEEN\s+LAST SEEN\s+OLDEST$`, out)
+			require.Regexp(t, `(?m)^billing\s+orders\s+f-gap\s+2\s+3\s+\d{4}-`, out)
+			require.Regexp(t, `(?m)^refunds\s+refunds\s+f-none\s+1\s+0\s+\d{4}-`, out)
+			require.NotContains(t, out, "shipping", "resolved")
+			require.Regexp(t, `(?m)^total: 3 pending dead letters in 2 groups, oldest .*; 3 events parked behind them$`, out)
+			require.Regexp(t, `(?m)^billing\s+orders\s+f-gap\s+2\s+3\s+\S+\s+\S+\s+\S+\s+boom\s+`, report("--wide"), "the samples follow")
+
+			var res struct {
+				Total  map[string]any   `json:"total"`
+				Groups []map[string]any `json:"groups"`
+			}
+			require.NoError(t, json.Unmarshal([]byte(report("--format", "json")), &res))
+			require.Equal(t, float64(3), res.Total["parked"])
+			require.Len(t, res.Groups, 2)
+			require.Equal(t, "f-gap", res.Groups[0]["fingerprint"])
+			require.Equal(t, float64(3), res.Groups[0]["parked"])
+			require.NotContains(t, res.Groups[1], "parked", "omitted when none")
+
+			out = report("--format", "csv")
+			require.Regexp(t, `^consumer,topic,fingerprint,count,parked,first_seen,last_seen,oldest_age,sample_error,sample_ids,sample_event_ids\n`, out)
+			require.Regexp(t, `(?m)^billing,orders,f-gap,2,3,`, out)
+			require.Regexp(t, `(?m)^refunds,refunds,f-none,1,0,`, out)
+			out = report("--format", "markdown")
+			require.Regexp(t, `(?m)^\| consumer \| topic \| fingerprint \| count \| parked \| first_seen \|`, out)
+			require.Regexp(t, `(?m)^\| billing \| orders \| f-gap \| 2 \| 3 \|`, out)
+			require.Contains(t, out, "; 3 events parked behind them")
+
+			// Only pending dead letters hold events back.
+			out = report("--status", "all")
+			require.Regexp(t, `(?m)^shipping\s+orders\s+f-label\s+1\s+0\s+`, out)
+			require.Regexp(t, `(?m)^total: 4 dead letters in 3 groups, .*; 3 events parked behind them$`, out)
+
+			// Nothing parked: report prints what it always printed.
+			out = report("--consumer", "refunds")
+			require.Regexp(t, `(?m)^CONSUMER\s+TOPIC\s+FINGERPRINT\s+COUNT\s+FIRST SEEN\s+LAST SEEN\s+OLDEST$`, out)
+			require.NotContains(t, out, "parked")
+			for _, format := range []string{"json", "csv", "markdown"} {
+				require.NotContains(t, report("--consumer", "refunds", "--format", format), "parked", format)
+			}
+		})
+	}
+}
+
