@@ -140,8 +140,10 @@ func runChange(ctx context.Context, e *env, a dlq.Action, sel *filterFlags, ch *
 			entry, err = st.Resolve(ctx, change)
 		}
 		if errors.Is(err, dlq.ErrParkedChoiceRequired) {
-			return usageErrorf(e.cmd, "events of their entities are parked behind the selected dead letters (see idem dlq show): "+
-				"give --parked release to publish them again, in order, or --parked discard to drop them; nothing changed")
+			// Still the store's error underneath: the console asks for the choice itself.
+			return &exitError{code: exitUsage, usage: e.cmd, err: reworded{err: err,
+				msg: "events of their entities are parked behind the selected dead letters (see idem dlq show): " +
+					"give --parked release to publish them again, in order, or --parked discard to drop them; nothing changed"}}
 		}
 		if err != nil {
 			return err
@@ -172,6 +174,16 @@ func runChange(ctx context.Context, e *env, a dlq.Action, sel *filterFlags, ch *
 	}
 	return nil
 }
+
+// reworded is err told in the command line's words: msg in place of its own message,
+// err still underneath for errors.Is.
+type reworded struct {
+	msg string
+	err error
+}
+
+func (r reworded) Error() string { return r.msg }
+func (r reworded) Unwrap() error { return r.err }
 
 type replayFlags struct {
 	publishURL string

@@ -4,6 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -195,3 +199,100 @@ func TestReportParked(t *testing.T) {
 	}
 }
 
+// TestConsoleParked: the overview, the group and dead-letter pages show the events
+// parked behind pending dead letters; a discard of dead letters with parked events
+// asks whether to release or discard them, and passes the choice on as `idem dlq
+// discard --parked` does; without it, the form comes back with a message.
+func TestConsoleParked(t *testing.T) {
+	t.Parallel()
+	for _, backend := range consoleBackends {
+		t.Run(backend.name, func(t *testing.T) {
+			t.Parallel()
+			db, st := backend.open(t, nil)
+			ids := parkedGroups(t, st)
+			b := startConsole(t, nil, db...)
+			token := b.csrf(t)
+			choice := regexp.MustCompile(`<input type="radio" name="parked" value="(release|discard)" required>`)
+
+			p := b.get(t, "/")
+			require.Equal(t, http.StatusOK, p.code, p.body)
+			requireSafePage(t, p)
+			require.Contains(t, p.body, `<div class="num" id="parked">3</div><div class="label">events parked behind them`)
+			require.Contains(t, p.body, `<th class="n">Count</th><th class="n">Parked</th>`)
+			require.Regexp(t, `(?s)>f-gap</a></td>\s*<td class="n">2</td>\s*<td class="n">3</td>\s*<td class="time">`, p.body)
+			require.Regexp(t, `(?s)>f-none</a></td>\s*<td class="n">1</td>\s*<td class="n">0</td>\s*<td class="time">`, p.body)
+
+			gap := "consumer=billing&topic=orders&fingerprint=f-gap"
+			p = b.get(t, "/group?"+gap)
+			require.Equal(t, http.StatusOK, p.code, p.body)
+			requireSafePage(t, p)
+			require.Contains(t, p.body, `<div class="num" id="group-parked">3</div>`)
+			p = b.get(t, "/group?consumer=refunds&topic=refunds&fingerprint=f-none")
+			require.NotContains(t, p.body, `id="group-parked"`)
+
+			// A dead letter's page: its count, and its discard form asks.
+			p = b.get(t, fmt.Sprintf("/dead-letters/%d", ids.gap2))
+			require.Equal(t, http.StatusOK, p.code, p.body)
+			requireSafePage(t, p)
+			require.Contains(t, p.body, "<tr><th>parked events</th><td>2</td></tr>")
+			require.Len(t, choice.FindAllString(p.body[strings.Index(p.body, `id="discard-form"`):], -1), 2)
+			p = b.get(t, fmt.Sprintf("/dead-letters/%d", ids.none))
+			require.NotContains(t, p.body, "parked")
+
+			// A group's previews: a discard asks, a resolve releases them.
+			p = b.get(t, "/discard?"+gap)
+			require.Equal(t, http.StatusOK, p.code, p.body)
+			requireSafePage(t, p)
+			require.Contains(t, p.body, `<span id="parked">3</span> events of their entities are parked behind them`)
+			require.Len(t, choice.FindAllString(p.body, -1), 2)
+			require.NotContains(t, p.body, "checked", "no choice is made for the operator")
+			form := formOf(t, p.body, "change-form")
+			p = b.get(t, "/resolve?"+gap)
+			require.Contains(t, p.body, "Resolve releases them: they are published again, in order.")
+			require.NotRegexp(t, choice, p.body)
+			p = b.get(t, "/discard?consumer=refunds&topic=refunds&fingerprint=f-none")
+			require.NotContains(t, p.body, "parked")
+
+			// Without a choice, or with a wrong one, nothing changes: the form comes back.
+			form.Set("reason", "the orders were cancelled")
+			p = b.post(t, "/discard", form, nil)
+			require.Equal(t, http.StatusBadRequest, p.code, p.body)
+			requireSafePage(t, p)
+			require.Contains(t, p.body, "choose whether to release them or discard them, then confirm again. Nothing changed.")
+			require.Len(t, choice.FindAllString(p.body, -1), 2)
+			require.Equal(t, form.Get("until"), formOf(t, p.body, "change-form").Get("until"), "the preview's bounds are kept")
+			require.Equal(t, "2", formOf(t, p.body, "change-form").Get("limit"))
+			p = b.post(t, "/discard", url.Values{"csrf": {token}, "id": {fmt.Sprint(ids.gap12)}, "reason": {"cancelled"}}, nil)
+			require.Equal(t, http.StatusBadRequest, p.code, p.body)
+			require.Contains(t, p.body, "Nothing changed.")
+			require.Contains(t, p.body, `<span id="parked">1</span> event of their entities is parked behind them`)
+			withChoice := url.Values{"csrf": {token}, "id": {fmt.Sprint(ids.gap12)}, "reason": {"cancelled"}, "parked": {"later"}}
+			p = b.post(t, "/discard", withChoice, nil)
+			require.Equal(t, http.StatusBadRequest, p.code, p.body)
+			require.Contains(t, p.body, `--parked must be release or discard, got &#34;later&#34;`)
+			requireUntouched(t, st, ids.gap2, ids.gap12)
+
+			// With a choice: changed, the choice in the audit entry, as on the command line.
+			withChoice.Set("parked", "discard")
+			done := b.waitJob(t, b.post(t, "/discard", withChoice, nil))
+			require.Equal(t, "succeeded", done.State, done.Summary)
+			require.Equal(t, []int64{ids.gap12}, done.Changed)
+			form.Set("parked", "release")
+			done = b.waitJob(t, b.post(t, "/discard", form, nil))
+			require.Equal(t, "succeeded", done.State, done.Summary)
+			require.Equal(t, []int64{ids.gap2}, done.Changed, "the other was discarded already")
+			audit, err := st.Audit(t.Context(), dlq.AuditFilter{})
+			require.NoError(t, err)
+			require.Len(t, audit, 2)
+			require.Equal(t, fmt.Sprintf("ids=%d parked=discard:1", ids.gap12), audit[0].Selector)
+			require.Contains(t, audit[1].Selector, "parked=release:2")
+			rec, err := st.Get(t.Context(), ids.gap2)
+			require.NoError(t, err)
+			require.Zero(t, rec.Parked)
+
+			p = b.get(t, "/")
+			require.NotContains(t, p.body, `id="parked"`)
+			require.NotContains(t, p.body, `<th class="n">Parked</th>`)
+		})
+	}
+}

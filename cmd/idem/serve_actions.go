@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -156,25 +157,31 @@ func parseSelection(v url.Values) (selection, error) {
 	return s, nil
 }
 
-// bound sets the Until of a group selection: just after the newest pending dead letter
-// of the group now, so that what a confirmation changes is what its dry run showed,
-// not dead letters that arrived meanwhile. It returns how many are pending.
-func (c *console) bound(ctx context.Context, s *selection) (int64, error) {
-	if s.ID != 0 || !s.Until.IsZero() {
-		return 0, nil
+// bound sets the Until of a group selection, unless a dry run set it: just after the
+// newest pending dead letter of the group now, so that what a confirmation changes is
+// what its dry run showed, not dead letters that arrived meanwhile. It returns the
+// group's pending dead letters before Until, as Report sums them (none for a
+// selection by ID).
+func (c *console) bound(ctx context.Context, s *selection) (dlq.Group, error) {
+	if s.ID != 0 {
+		return dlq.Group{}, nil
 	}
-	groups, err := c.st.Report(ctx, dlq.Filter{Consumer: s.Group.Consumer, Topic: s.Group.Topic, Fingerprint: s.Group.Fingerprint, Status: dlq.StatusPending})
+	groups, err := c.st.Report(ctx, dlq.Filter{Consumer: s.Group.Consumer, Topic: s.Group.Topic, Fingerprint: s.Group.Fingerprint,
+		Status: dlq.StatusPending, Until: s.Until})
 	if err != nil || len(groups) == 0 {
-		return 0, err
+		return dlq.Group{}, err
 	}
-	s.Until = groups[0].LastSeen.UTC().Truncate(time.Second).Add(time.Second)
-	return groups[0].Count, nil
+	if s.Until.IsZero() {
+		s.Until = groups[0].LastSeen.UTC().Truncate(time.Second).Add(time.Second)
+	}
+	return groups[0], nil
 }
 
 // dlqResult is how a dlq command the console ran ended.
 type dlqResult struct {
 	code int    // its exit code
 	msg  string // what it wrote on standard error, redacted and inert, without "idem: "
+	err  error  // the error it returned, for errors.Is; nil when it succeeded
 }
 
 // httpStatus maps an exit code to the status of the page that reports it.
@@ -204,7 +211,8 @@ func (c *console) runDLQ(ctx context.Context, name string, flags []string, sel s
 		args = append(args, "--publish-url="+c.f.publishURL)
 	}
 	args = append(append(args, flags...), sel.args()...)
-	code := run.exit(run.runCommand(ctx, dlqCommand(name), args))
+	err := run.runCommand(ctx, dlqCommand(name), args)
+	code := run.exit(err)
 	var msg []string
 	sc := bufio.NewScanner(&stderr)
 	sc.Buffer(nil, 1<<20)
@@ -215,7 +223,7 @@ func (c *console) runDLQ(ctx context.Context, name string, flags []string, sel s
 		}
 		msg = append(msg, line)
 	}
-	return dlqResult{code: code, msg: strings.Join(msg, "\n")}
+	return dlqResult{code: code, msg: strings.Join(msg, "\n"), err: err}
 }
 
 // dlqCommand returns the dlq command of that name. (Looking in commands would make
@@ -370,6 +378,11 @@ type changeView struct {
 	More           int64
 	ReasonRequired bool
 	MaxReason      int
+	// Parked is how many events are parked behind the selected dead letters; a
+	// discard asks what to do with them when AskParked.
+	Parked    int64
+	AskParked bool
+	Error     string // why the form came back, or ""
 }
 
 // changePreview shows what a discard or resolve of a group would change, with the
@@ -380,42 +393,55 @@ func (c *console) changePreview(a dlq.Action) http.HandlerFunc {
 			c.showError(w, r, http.StatusForbidden, "the console is read-only", "/")
 			return
 		}
-		ctx := r.Context()
 		sel, err := parseSelection(r.URL.Query())
 		if err != nil {
 			c.showError(w, r, http.StatusBadRequest, err.Error(), "/")
 			return
 		}
-		v := changeView{Action: string(a), Verb: verb(a), What: sel.what(), Back: sel.back(), BackLabel: sel.backLabel(), ReasonRequired: a == dlq.ActionDiscard, MaxReason: maxReason}
-		var recs []*dlq.Record
-		if sel.ID != 0 {
-			rec, err := c.st.Get(ctx, sel.ID)
-			if err != nil {
-				c.fail(w, r, err)
-				return
-			}
-			recs, v.Count = []*dlq.Record{rec}, 1
-		} else {
-			n, err := c.bound(ctx, &sel)
-			if err != nil {
-				c.fail(w, r, err)
-				return
-			}
-			sel.Limit, v.Count = int(n), n
-			if n > 0 {
-				recs, err = c.st.List(ctx, dlq.Filter{Consumer: sel.Group.Consumer, Topic: sel.Group.Topic, Fingerprint: sel.Group.Fingerprint,
-					Status: dlq.StatusPending, Until: sel.Until, Limit: maxPreviewRows})
-				if err != nil {
-					c.fail(w, r, err)
-					return
-				}
-			}
+		v, err := c.changeForm(r.Context(), a, sel)
+		if err != nil {
+			c.fail(w, r, err)
+			return
 		}
-		v.Fields = sel.fields()
-		v.Rows = previewRows(recs, c.now())
-		v.More = v.Count - int64(len(v.Rows))
 		c.render(w, r, http.StatusOK, "change", verb(a), v)
 	}
+}
+
+// changeForm returns what a discard or resolve of sel would change, and the fields of
+// the form that confirms it. A group selection is bounded as its preview showed it
+// (see bound); a dry run's bounds are kept.
+func (c *console) changeForm(ctx context.Context, a dlq.Action, sel selection) (changeView, error) {
+	v := changeView{Action: string(a), Verb: verb(a), What: sel.what(), Back: sel.back(), BackLabel: sel.backLabel(), ReasonRequired: a == dlq.ActionDiscard, MaxReason: maxReason}
+	var recs []*dlq.Record
+	if sel.ID != 0 {
+		rec, err := c.st.Get(ctx, sel.ID)
+		if err != nil {
+			return v, err
+		}
+		recs, v.Count, v.Parked = []*dlq.Record{rec}, 1, int64(rec.Parked)
+	} else {
+		g, err := c.bound(ctx, &sel)
+		if err != nil {
+			return v, err
+		}
+		v.Count, v.Parked = g.Count, g.Parked
+		if sel.Limit > 0 {
+			v.Count = min(v.Count, int64(sel.Limit))
+		}
+		sel.Limit = int(v.Count)
+		if v.Count > 0 {
+			recs, err = c.st.List(ctx, dlq.Filter{Consumer: sel.Group.Consumer, Topic: sel.Group.Topic, Fingerprint: sel.Group.Fingerprint,
+				Status: dlq.StatusPending, Until: sel.Until, Limit: min(sel.Limit, maxPreviewRows)})
+			if err != nil {
+				return v, err
+			}
+		}
+	}
+	v.AskParked = a == dlq.ActionDiscard && v.Parked > 0
+	v.Fields = sel.fields()
+	v.Rows = previewRows(recs, c.now())
+	v.More = v.Count - int64(len(v.Rows))
+	return v, nil
 }
 
 func verb(a dlq.Action) string {
@@ -423,7 +449,9 @@ func verb(a dlq.Action) string {
 }
 
 // change discards or resolves the selected dead letters: `idem dlq discard --yes` or
-// `idem dlq resolve --yes`, with the form's reason. The result is a finished job.
+// `idem dlq resolve --yes`, with the form's reason, and for a discard its choice for
+// the parked events (--parked). The result is a finished job. A discard that needs
+// that choice and has none shows its form again, asking for it.
 func (c *console) change(a dlq.Action) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		sel, err := parseSelection(r.PostForm)
@@ -433,8 +461,24 @@ func (c *console) change(a dlq.Action) http.HandlerFunc {
 		}
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), changeTimeout)
 		defer cancel()
+		flags := []string{"--reason=" + r.PostForm.Get("reason"), "--yes", "--format=json"}
+		if parked := r.PostForm.Get("parked"); parked != "" && a == dlq.ActionDiscard {
+			flags = append(flags, "--parked="+parked)
+		}
 		var out bytes.Buffer
-		res := c.runDLQ(ctx, "dlq "+string(a), []string{"--reason=" + r.PostForm.Get("reason"), "--yes", "--format=json"}, sel, &out)
+		res := c.runDLQ(ctx, "dlq "+string(a), flags, sel, &out)
+		if errors.Is(res.err, dlq.ErrParkedChoiceRequired) {
+			v, err := c.changeForm(ctx, a, sel)
+			if err != nil {
+				c.fail(w, r, err)
+				return
+			}
+			v.AskParked = true
+			v.Error = "Events of their entities are parked behind the selected dead letters (ordering's quarantine): " +
+				"choose whether to release them or discard them, then confirm again. Nothing changed."
+			c.render(w, r, res.httpStatus(), "change", verb(a), v)
+			return
+		}
 		if res.code != exitOK {
 			c.showError(w, r, res.httpStatus(), res.msg, sel.back())
 			return

@@ -203,6 +203,7 @@ type groupRow struct {
 
 type overviewView struct {
 	Pending    int64
+	Parked     int64 // events parked behind the pending dead letters: a column and a card when any
 	Groups     int
 	Oldest     time.Time
 	BacklogAge string
@@ -252,6 +253,7 @@ func (c *console) overview(w http.ResponseWriter, r *http.Request) {
 	v := overviewView{Groups: len(groups), Window: win, WindowTabs: windowTabs("/", nil, win)}
 	for _, g := range groups {
 		v.Pending += g.Count
+		v.Parked += g.Parked
 		if v.Oldest.IsZero() || g.FirstSeen.Before(v.Oldest) {
 			v.Oldest = g.FirstSeen
 		}
