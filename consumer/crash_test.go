@@ -33,6 +33,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(batchChildEnv) != "" {
 		os.Exit(batchChild())
 	}
+	if os.Getenv(releaseChildEnv) != "" {
+		os.Exit(releaseChild())
+	}
 	os.Exit(m.Run())
 }
 
