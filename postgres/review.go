@@ -360,20 +360,6 @@ func (s *Store) releaseParked(ctx context.Context, tx pgx.Tx, a dlq.Action, c dl
 	if len(ids) == 0 {
 		return c.Selector, nil
 	}
-	var parked int
-	if err := tx.QueryRow(ctx, `SELECT count(*) FROM `+s.schema+`.parked_events AS pe
-JOIN `+s.schema+`.entity_marks AS m ON pe.consumer = m.consumer AND pe.entity_id = m.entity_id
-JOIN `+s.schema+`.dead_letters AS d ON m.consumer = d.consumer AND m.blocked_by = d.event_id
-WHERE d.id = ANY($1::bigint[]) AND d.status <> 'pending'`, ids).Scan(&parked); err != nil {
-		return "", fmt.Errorf("count parked events: %w", err)
-	}
-	action := dlq.ParkedRelease
-	if a == dlq.ActionDiscard {
-		if parked > 0 && c.Parked == "" {
-			return "", dlq.ErrParkedChoiceRequired
-		}
-		action = cmp.Or(c.Parked, dlq.ParkedRelease)
-	}
 	// A statement of its own: it waits for the lock of each mark row, held by a
 	// consumer parking an event, and the statements after it see what it parked.
 	rows, err := tx.Query(ctx, `UPDATE `+s.schema+`.entity_marks AS m SET
@@ -402,6 +388,21 @@ RETURNING m.consumer, m.entity_id`, ids, a != dlq.ActionReplay)
 	}
 	if len(consumers) == 0 {
 		return c.Selector, nil
+	}
+	// Counted after the marks are locked: an event a consumer was parking meanwhile
+	// is counted, and released or discarded, with the others.
+	var parked int
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM `+s.schema+`.parked_events AS pe
+JOIN unnest($1::text[], $2::text[]) AS u (consumer, entity_id) ON pe.consumer = u.consumer AND pe.entity_id = u.entity_id`,
+		consumers, entities).Scan(&parked); err != nil {
+		return "", fmt.Errorf("count parked events: %w", err)
+	}
+	action := dlq.ParkedRelease
+	if a == dlq.ActionDiscard {
+		if parked > 0 && c.Parked == "" {
+			return "", dlq.ErrParkedChoiceRequired
+		}
+		action = cmp.Or(c.Parked, dlq.ParkedRelease)
 	}
 	if action == dlq.ParkedDiscard {
 		if _, err := tx.Exec(ctx, `UPDATE `+s.schema+`.entity_marks AS m SET seq = greatest(m.seq, p.top), gap_since = NULL
