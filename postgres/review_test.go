@@ -79,9 +79,9 @@ func TestReviewCountsAnEventParkedMeanwhile(t *testing.T) {
 	require.NoError(t, err)
 
 	for _, tt := range []struct {
-		name   string
-		parks  int    // the sequence number of the event parked meanwhile
-		want   string // the audit selector
+		name  string
+		parks int    // the sequence number of the event parked meanwhile
+		want  string // the audit selector
 	}{
 		{"DiscardWithoutAChoice", 4, ""}, // refused: A-4 is counted
 		{"Resolve", 5, "ids parked=release:2"},
