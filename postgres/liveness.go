@@ -122,7 +122,7 @@ var (
 func (l *liveness) connectLocked(ctx context.Context, keep bool) error {
 	ctx, cancel := context.WithTimeout(ctx, livenessTimeout)
 	defer cancel()
-	conn, err := pgx.ConnectConfig(ctx, l.pool.Config().ConnConfig)
+	conn, err := connectLike(ctx, l.pool)
 	if err != nil {
 		return &storeError{Op: "open the crash guard's liveness connection", Err: err}
 	}
@@ -149,6 +149,30 @@ func (l *liveness) connectLocked(ctx context.Context, keep bool) error {
 	l.watchers.Add(1)
 	go l.watch(wctx, conn)
 	return nil
+}
+
+// connectLike opens a connection of its own the way pool opens its connections: with
+// its connection configuration and its BeforeConnect and AfterConnect hooks (a
+// password or token fetched per connection, session settings).
+func connectLike(ctx context.Context, pool *pgxpool.Pool) (*pgx.Conn, error) {
+	cfg := pool.Config()
+	cc := cfg.ConnConfig
+	if cfg.BeforeConnect != nil {
+		if err := cfg.BeforeConnect(ctx, cc); err != nil {
+			return nil, fmt.Errorf("the pool's BeforeConnect: %w", err)
+		}
+	}
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.AfterConnect != nil {
+		if err := cfg.AfterConnect(ctx, conn); err != nil {
+			_ = conn.Close(context.WithoutCancel(ctx))
+			return nil, fmt.Errorf("the pool's AfterConnect: %w", err)
+		}
+	}
+	return conn, nil
 }
 
 // watch waits on the liveness connection until it fails (the server restarted, the

@@ -2,14 +2,19 @@ package postgres_test
 
 import (
 	"context"
+	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemkit/idem/dedup"
 	"github.com/idemkit/idem/internal/testdb"
 	"github.com/idemkit/idem/postgres"
+	"github.com/idemkit/idem/retry"
 )
 
 // TestLivenessSurvivesALostConnection: when the session holding a store's liveness
@@ -60,4 +65,49 @@ func TestLivenessSurvivesALostConnection(t *testing.T) {
 	n, err = other.StartAttempt(ctx, key)
 	require.NoError(t, err)
 	require.Equal(t, 2, n, "the starts of a store that closed are crashes")
+}
+
+// TestLivenessConnectsLikeThePool: the liveness connection is opened with the pool's
+// hooks, so that a password or token fetched per connection, or a session setting,
+// applies to it too.
+func TestLivenessConnectsLikeThePool(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	var refuse atomic.Bool
+	var after atomic.Int32
+	pool := testdb.PoolWith(t, func(c *pgxpool.Config) {
+		c.BeforeConnect = func(_ context.Context, cc *pgx.ConnConfig) error {
+			if refuse.Load() {
+				return errors.New("no token")
+			}
+			cc.RuntimeParams["application_name"] = "idem-liveness-test"
+			return nil
+		}
+		c.AfterConnect = func(context.Context, *pgx.Conn) error {
+			after.Add(1)
+			return nil
+		}
+	})
+	store, err := postgres.New(pool, postgres.Config{Schema: testdb.Schema(t, pool)})
+	require.NoError(t, err)
+	t.Cleanup(store.Close)
+	before := after.Load()
+
+	release, err := store.HoldLive(ctx)
+	require.NoError(t, err)
+	require.Equal(t, before+1, after.Load(), "AfterConnect ran for the liveness connection")
+	var n int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND a.application_name = 'idem-liveness-test' AND a.pid <> pg_backend_pid()`).Scan(&n))
+	require.Equal(t, 1, n, "the lock is held on a connection BeforeConnect configured")
+	release()
+	store.Close()
+
+	refuse.Store(true)
+	other, err := postgres.New(pool, postgres.Config{Schema: store.Schema()})
+	require.NoError(t, err)
+	t.Cleanup(other.Close)
+	_, err = other.HoldLive(ctx)
+	require.ErrorContains(t, err, "BeforeConnect: no token")
+	require.Equal(t, retry.ClassInfrastructure, retry.Classify(err), "not the message's fault: %v", err)
 }
