@@ -255,6 +255,9 @@ type replayView struct {
 	PublishURL  string
 	DefaultRate string
 	MaxReason   int
+	// Parked is how many events are parked behind the selected dead letters: the
+	// replay releases them.
+	Parked int64
 }
 
 // replayPreview is the dry run of a replay: `idem dlq replay` without --yes. It
@@ -276,9 +279,19 @@ func (c *console) replayPreview(w http.ResponseWriter, r *http.Request) {
 		c.render(w, r, http.StatusConflict, "replay", "Replay", v)
 		return
 	}
-	if _, err := c.bound(ctx, &sel); err != nil {
+	g, err := c.bound(ctx, &sel)
+	if err != nil {
 		c.fail(w, r, err)
 		return
+	}
+	v.Parked = g.Parked
+	if sel.ID != 0 {
+		rec, err := c.st.Get(ctx, sel.ID)
+		if err != nil {
+			c.fail(w, r, err)
+			return
+		}
+		v.Parked = int64(rec.Parked)
 	}
 	var out bytes.Buffer
 	res := c.runDLQ(ctx, "dlq replay", []string{"--format=json"}, sel, &out)
