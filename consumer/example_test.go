@@ -46,6 +46,7 @@ func Example() {
 	if err != nil {
 		panic(err)
 	}
+	defer store.Close() // the crash guard's liveness connection, when it opened one
 	c, err := consumer.New(consumer.Config{
 		Store:  store,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError + 1})),
