@@ -2,11 +2,12 @@ package postgres
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -40,8 +41,11 @@ var _ dedup.LiveStartRecorder = (*Store)(nil)
 type liveness struct {
 	pool *pgxpool.Pool
 
+	// instance is the number the start rows carry, > 0: read without mu on every
+	// start, changed only under it.
+	instance atomic.Int32
+
 	mu       sync.Mutex
-	instance int32 // > 0; the number the start rows carry
 	holders  int
 	conn     *pgx.Conn          // nil while not connected
 	stop     context.CancelFunc // ends the watcher of conn, which closes it
@@ -51,22 +55,15 @@ type liveness struct {
 }
 
 func newLiveness(pool *pgxpool.Pool) *liveness {
-	return &liveness{pool: pool, instance: newInstance()}
+	l := &liveness{pool: pool}
+	l.instance.Store(newInstance())
+	return l
 }
 
 // newInstance draws a positive 31-bit instance number: two live processes drawing the
 // same one is caught when the second fails to take the lock.
 func newInstance() int32 {
-	var b [4]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
-	return int32(binary.BigEndian.Uint32(b[:])&0x7fffffff) | 1
-}
-
-// current returns the instance number start rows are counted under.
-func (l *liveness) current() int32 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.instance
+	return rand.Int32N(math.MaxInt32) + 1
 }
 
 // hold takes a hold on the liveness, connecting and locking first when needed.
@@ -128,7 +125,7 @@ func (l *liveness) connectLocked(ctx context.Context, keep bool) error {
 	}
 	for {
 		var locked bool
-		if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1, $2)", lockClass, l.instance).Scan(&locked); err != nil {
+		if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1, $2)", lockClass, l.instance.Load()).Scan(&locked); err != nil {
 			_ = conn.Close(context.WithoutCancel(ctx))
 			return &storeError{Op: "take the crash guard's liveness lock", Err: err}
 		}
@@ -142,7 +139,7 @@ func (l *liveness) connectLocked(ctx context.Context, keep bool) error {
 		// Another session holds this number: another process drew it, or an earlier
 		// liveness connection of this one is not over yet on the server. Starts are
 		// counted under the new number from now on.
-		l.instance = newInstance()
+		l.instance.Store(newInstance())
 	}
 	wctx, stop := context.WithCancel(context.Background())
 	l.conn, l.stop = conn, stop

@@ -380,7 +380,7 @@ func (s *Store) StartAttempt(ctx context.Context, key dedup.Key) (int, error) {
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	b.Queue("SET LOCAL synchronous_commit = off")
-	b.Queue(s.sql.startAttempt, key.Consumer, key.EventID, s.live.current(), lockClass)
+	b.Queue(s.sql.startAttempt, key.Consumer, key.EventID, s.live.instance.Load(), lockClass)
 	b.Queue("COMMIT")
 	br := s.pool.SendBatch(ctx, b)
 	_, beginErr := br.Exec()

@@ -4,11 +4,11 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"crypto/rand"
 	"database/sql"
-	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"net/url"
 	"path/filepath"
 	"strings"
@@ -447,9 +447,7 @@ WHERE consumer = ?1 AND event_id = ?2 AND instance <> ?3`, key.Consumer, key.Eve
 // newInstance draws a Store's instance number, never 0 (the rows from before
 // instances existed).
 func newInstance() int64 {
-	var b [8]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
-	return int64(binary.BigEndian.Uint64(b[:])>>1) | 1
+	return rand.Int64N(math.MaxInt64) + 1
 }
 
 // FinishAttempt records that a delivery ended without crashing; see dedup.StartRecorder.
