@@ -37,12 +37,13 @@ type CrashGuardConfig struct {
 // finished because their process died: the handler crashes the process. It is
 // permanent; [DeadLetter] stores it with reason crash-looped.
 type CrashLoopError struct {
-	// Deliveries is how many deliveries started and never finished.
+	// Deliveries is how many processes died with a delivery of the event started
+	// and not finished.
 	Deliveries int
 }
 
 func (e *CrashLoopError) Error() string {
-	return fmt.Sprintf("the last %d deliveries of this event started and never finished: their process died: the handler crashes the process; not running it again", e.Deliveries)
+	return fmt.Sprintf("the last %d deliveries of this event started and never finished, their process dying each time: the handler crashes the process; not running it again", e.Deliveries)
 }
 
 // Permanent reports true: running the handler again would crash again.
