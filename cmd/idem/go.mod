@@ -9,7 +9,7 @@ require (
 	github.com/ThreeDotsLabs/watermill-redisstream v1.4.5
 	github.com/ThreeDotsLabs/watermill-sql/v4 v4.1.3
 	github.com/chromedp/chromedp v0.23.1
-	github.com/idemkit/idem v0.0.0-20261203130408-49599d9cf57d
+	github.com/idemkit/idem v0.0.0-20261203131054-f5cc9b5875ef
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/nats-io/nats.go v1.37.0
 	github.com/rabbitmq/amqp091-go v1.11.0
